@@ -1,0 +1,259 @@
+//! Taking in a proof request: every check that protects the cluster from bad input happens here,
+//! before anything is stored, with a precise gRPC status. Both services submit through this one
+//! path, so a request is validated the same way whichever API it came from.
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use proofjobs_pipeline::{
+    artifacts::ArtifactStore,
+    ids,
+    stage::{Mode, Stage},
+    state::{Db, InsertOutcome, NewProof, NewTask},
+};
+use sp1_prover_types::{Artifact, ArtifactClient, ArtifactType, TaskType};
+use sp1_sdk::SP1Stdin;
+use tonic::Status;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_program_bytes: usize,
+    pub max_stdin_bytes: usize,
+    pub default_deadline: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_program_bytes: 256 << 20,
+            max_stdin_bytes: 1 << 30,
+            default_deadline: std::time::Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+/// What a client asks for, apart from the program and stdin themselves.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub proof_id: Option<String>,
+    pub mode: Mode,
+    /// Unix seconds; None = the default deadline.
+    pub deadline: Option<u64>,
+    pub cycle_limit: Option<u64>,
+    pub idempotency_key: Option<String>,
+    pub requester: Vec<u8>,
+    pub gas_limit: Option<u64>,
+    pub scheduled_by: Option<String>,
+    pub stdin_private: bool,
+}
+
+#[derive(Clone)]
+pub struct Intake {
+    pub db: Db,
+    pub store: ArtifactStore,
+    pub limits: Limits,
+}
+
+impl Intake {
+    pub fn new(db: Db, store: ArtifactStore, limits: Limits) -> Intake {
+        Intake { db, store, limits }
+    }
+
+    pub fn check_stdin_size(&self, size: usize) -> Result<(), Status> {
+        if size > self.limits.max_stdin_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "stdin is {size} bytes, over this server's limit of {} bytes",
+                self.limits.max_stdin_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn check_program_size(&self, size: usize) -> Result<(), Status> {
+        if size > self.limits.max_program_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "program is {size} bytes, over this server's limit of {} bytes",
+                self.limits.max_program_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn deadline(&self, requested: Option<u64>) -> Result<DateTime<Utc>, Status> {
+        let now = Utc::now();
+        match requested {
+            None | Some(0) => Ok(now + ChronoDuration::from_std(self.limits.default_deadline).unwrap()),
+            Some(secs) => {
+                let at = DateTime::<Utc>::from_timestamp(secs as i64, 0)
+                    .ok_or_else(|| Status::invalid_argument(format!("deadline {secs} is not a valid unix time")))?;
+                if at <= now {
+                    return Err(Status::invalid_argument(format!(
+                        "deadline {} is already past (now {})",
+                        at.to_rfc3339(),
+                        now.to_rfc3339()
+                    )));
+                }
+                Ok(at)
+            }
+        }
+    }
+
+    /// Validate and store program + stdin uploaded with the request, then create the proof.
+    pub async fn submit(&self, request: Request, program: Vec<u8>, stdin: Vec<u8>) -> Result<(String, bool), Status> {
+        if program.is_empty() {
+            return Err(Status::invalid_argument("program is empty: send the ELF bytes in program chunks"));
+        }
+        self.check_program_size(program.len())?;
+        self.check_stdin_size(stdin.len())?;
+        let deadline = self.deadline(request.deadline)?;
+        validate_program(&program)?;
+        validate_stdin(&stdin)?;
+        if let Some(key) = &request.idempotency_key {
+            if let Some(existing) = self.existing_for_key(key).await? {
+                return Ok((existing, false));
+            }
+        }
+        let program_artifact = self.store.create_artifact().map_err(internal)?;
+        let stdin_artifact = self.store.create_artifact().map_err(internal)?;
+        // Stored as the SP1 worker reads them: the ELF as a bincode Vec<u8>, stdin as sent.
+        self.store.upload_program(&program_artifact, program).await.map_err(store_error)?;
+        self.store.upload_raw(&stdin_artifact, ArtifactType::Stdin, stdin).await.map_err(store_error)?;
+        let proof_artifact = self.store.create_artifact().map_err(internal)?;
+        self.create(request, deadline, program_artifact.0, stdin_artifact.0, proof_artifact.0).await
+    }
+
+    /// sp1-cluster's path: the client uploaded program and stdin to the store itself.
+    pub async fn create_for_artifacts(
+        &self,
+        request: Request,
+        program_artifact: String,
+        stdin_artifact: String,
+        proof_artifact: Option<String>,
+    ) -> Result<(String, bool), Status> {
+        let deadline = self.deadline(request.deadline)?;
+        for (what, id, kind) in [
+            ("program", &program_artifact, ArtifactType::Program),
+            ("stdin", &stdin_artifact, ArtifactType::Stdin),
+        ] {
+            if id.is_empty() {
+                return Err(Status::invalid_argument(format!("{what} artifact id is empty")));
+            }
+            let present = self.store.exists(&Artifact(id.clone()), kind).await.map_err(store_error)?;
+            if !present {
+                return Err(Status::not_found(format!("{what} artifact {id} is not in the artifact store")));
+            }
+        }
+        let program: Vec<u8> =
+            self.store.download_program(&Artifact(program_artifact.clone())).await.map_err(|e| {
+                Status::invalid_argument(format!("program artifact {program_artifact} is not a bincode-serialized ELF: {e:#}"))
+            })?;
+        validate_program(&program)?;
+        let proof_artifact = match proof_artifact {
+            Some(id) if !id.is_empty() => id,
+            _ => self.store.create_artifact().map_err(internal)?.0,
+        };
+        self.create(request, deadline, program_artifact, stdin_artifact, proof_artifact).await
+    }
+
+    async fn existing_for_key(&self, key: &str) -> Result<Option<String>, Status> {
+        sqlx::query_scalar::<_, String>("SELECT id FROM proofs WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(|e| internal(e.into()))
+    }
+
+    async fn create(
+        &self,
+        request: Request,
+        deadline: DateTime<Utc>,
+        program_artifact: String,
+        stdin_artifact: String,
+        proof_artifact: String,
+    ) -> Result<(String, bool), Status> {
+        let proof_id = match request.proof_id {
+            Some(id) => {
+                ids::validate_client_proof_id(&id).map_err(Status::invalid_argument)?;
+                id
+            }
+            None => ids::new_proof_id(),
+        };
+        let cycle_limit = request.cycle_limit.filter(|c| *c > 0);
+        let first_task = first_task(request.mode, &program_artifact, &stdin_artifact, &proof_artifact, cycle_limit, request.stdin_private);
+        let proof = NewProof {
+            id: proof_id.clone(),
+            mode: request.mode,
+            program_artifact,
+            stdin_artifact,
+            proof_artifact,
+            cycle_limit: cycle_limit.map(|c| c as i64),
+            deadline,
+            idempotency_key: request.idempotency_key,
+            requester: request.requester,
+            gas_limit: request.gas_limit.filter(|g| *g > 0).map(|g| g as i64),
+            scheduled_by: request.scheduled_by,
+            stdin_private: request.stdin_private,
+        };
+        match self.db.insert_proof(&proof, &first_task).await.map_err(internal)? {
+            InsertOutcome::Created => {
+                tracing::info!(proof = %proof_id, mode = %request.mode, "proof submitted");
+                Ok((proof_id, true))
+            }
+            InsertOutcome::Existing(id) => Ok((id, false)),
+        }
+    }
+}
+
+/// The task that starts a proof: the SP1 controller, or a plain execution for execute mode.
+fn first_task(mode: Mode, program: &str, stdin: &str, output: &str, cycle_limit: Option<u64>, stdin_private: bool) -> NewTask {
+    let limit = cycle_limit.map(|c| c.to_string()).unwrap_or_default();
+    let (task_type, inputs) = match mode.sp1_mode() {
+        None => (TaskType::ExecuteOnly, vec![program.to_string(), stdin.to_string(), limit]),
+        Some(sp1_mode) => (
+            TaskType::Controller,
+            vec![
+                program.to_string(),
+                stdin.to_string(),
+                sp1_mode.to_string(),
+                limit,
+                String::new(),
+                serde_json::json!({ "stdin_private": stdin_private }).to_string(),
+            ],
+        ),
+    };
+    NewTask {
+        id: ids::new_task_id(),
+        task_type: task_type as i32,
+        stage: Stage::of_task(task_type),
+        inputs,
+        outputs: vec![output.to_string()],
+        parent_id: None,
+        requester: String::new(),
+    }
+}
+
+pub fn validate_program(program: &[u8]) -> Result<(), Status> {
+    if program.is_empty() {
+        return Err(Status::invalid_argument("program is empty"));
+    }
+    sp1_core_executor::Program::from(program)
+        .map(|_| ())
+        .map_err(|e| Status::invalid_argument(format!("program is not a valid SP1 RISC-V ELF: {e}")))
+}
+
+pub fn validate_stdin(stdin: &[u8]) -> Result<(), Status> {
+    bincode::deserialize::<SP1Stdin>(stdin).map(|_| ()).map_err(|e| {
+        Status::invalid_argument(format!("stdin is not a bincode-serialized SP1Stdin: {e}"))
+    })
+}
+
+pub fn internal(e: anyhow::Error) -> Status {
+    tracing::error!("internal error: {e:#}");
+    Status::internal(format!("{e:#}"))
+}
+
+pub fn store_error(e: anyhow::Error) -> Status {
+    if proofjobs_pipeline::artifacts::is_transient(&e) {
+        Status::unavailable(format!("artifact store unavailable: {e:#}"))
+    } else {
+        internal(e)
+    }
+}

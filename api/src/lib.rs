@@ -1,0 +1,14 @@
+//! The api: proofjobs' own `ProverService` and sp1-cluster's `ClusterService`, both over the same
+//! state. It validates and stores what clients send, creates the proof's first task, and reports
+//! progress; it never runs proving work itself.
+
+pub mod cluster;
+pub mod intake;
+pub mod server;
+pub mod service;
+
+pub mod proto {
+    tonic::include_proto!("proofjobs.v1");
+}
+
+pub use intake::{Intake, Limits};

@@ -1,0 +1,47 @@
+//! proofjobs-api: the gRPC front door of a cluster deployment.
+
+use clap::Parser;
+use proofjobs_api::{server, Intake, Limits};
+use proofjobs_pipeline::{
+    artifacts::{ArtifactStore, StoreConfig},
+    state::{Db, Notifications},
+};
+
+#[derive(Parser)]
+#[command(name = "proofjobs-api")]
+struct Args {
+    #[arg(long, env = "PROOFJOBS_API_ADDR", default_value = "0.0.0.0:50051")]
+    addr: String,
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, env = "PROOFJOBS_ARTIFACT_STORE")]
+    artifact_store: String,
+    #[arg(long, env = "PROOFJOBS_MAX_STDIN_BYTES", default_value_t = 1 << 30)]
+    max_stdin_bytes: usize,
+    #[arg(long, env = "PROOFJOBS_MAX_PROGRAM_BYTES", default_value_t = 256 << 20)]
+    max_program_bytes: usize,
+    #[arg(long, env = "PROOFJOBS_DEFAULT_DEADLINE_SECS", default_value_t = 4 * 3600)]
+    default_deadline_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let db = Db::connect(&args.database_url, 32).await?;
+    db.migrate().await?;
+    let store = ArtifactStore::connect(&args.artifact_store, StoreConfig::default()).await?;
+    let notifications = Notifications::listen(&db).await?;
+    let limits = Limits {
+        max_program_bytes: args.max_program_bytes,
+        max_stdin_bytes: args.max_stdin_bytes,
+        default_deadline: std::time::Duration::from_secs(args.default_deadline_secs),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.addr).await?;
+    server::serve(Intake::new(db, store, limits), notifications, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}

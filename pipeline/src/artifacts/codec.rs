@@ -1,0 +1,162 @@
+//! How an artifact's bincode bytes are stored: compressed (artifacts are large and Redis memory
+//! is the cluster's bottleneck) and checksummed (so a damaged value is reported instead of being
+//! fed to the prover).
+//!
+//! The format is a standard zstd frame carrying zstd's own content checksum (XXH64 of the
+//! original bytes, verified by the decoder). That is exactly what sp1-cluster clients read and
+//! write (they store plain zstd), so its clients can read our outputs — the final proof above all
+//! — and we read their uploads; their frames simply carry no checksum.
+
+use std::io::Write;
+
+use anyhow::Result;
+
+use super::StoreError;
+
+/// Magic number opening every zstd frame.
+pub const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+/// Length of the zstd frame header before the first block, at most (for tests that damage a payload).
+pub const HEADER_LEN: usize = 18;
+/// zstd level used for writing: fast, artifacts are written once and read a few times.
+pub const LEVEL: i32 = 1;
+/// Values at least this big are (de)compressed on the blocking pool.
+pub const BLOCKING_THRESHOLD: usize = 64 * 1024;
+
+/// Encodes `data` (already bincode-serialized) into a stored value.
+pub fn encode(data: &[u8]) -> Result<Vec<u8>> {
+    let bound = zstd::zstd_safe::compress_bound(data.len());
+    let mut out = Vec::with_capacity(bound + 32);
+    let mut enc = zstd::stream::Encoder::new(&mut out, LEVEL)
+        .map_err(|e| StoreError::Other(format!("zstd encoder: {e}")))?;
+    enc.set_pledged_src_size(Some(data.len() as u64))
+        .and_then(|_| enc.include_contentsize(true))
+        .and_then(|_| enc.include_checksum(true))
+        .and_then(|_| enc.write_all(data))
+        .and_then(|_| enc.finish().map(|_| ()))
+        .map_err(|e| StoreError::Other(format!("zstd compression: {e}")))?;
+    Ok(out)
+}
+
+/// Decodes a stored value of artifact `id` back into the bytes given to [`encode`] (or, for a
+/// sp1-cluster value, the bytes it compressed).
+pub fn decode(id: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    if !bytes.starts_with(&ZSTD_MAGIC) {
+        return Err(StoreError::Corrupt(format!(
+            "artifact {id}: not an artifact value (starts with {})",
+            hex::encode(&bytes[..bytes.len().min(8)])
+        ))
+        .into());
+    }
+    // Any damage is reported as a checksum mismatch, whether zstd's checksum caught it or it
+    // broke the frame itself.
+    decompress(bytes).map_err(|e| {
+        StoreError::Corrupt(format!("checksum mismatch for artifact {id}: the stored value is damaged ({e})")).into()
+    })
+}
+
+/// [`encode`] on the blocking pool when `data` is big.
+pub async fn encode_async(data: Vec<u8>) -> Result<Vec<u8>> {
+    if data.len() < BLOCKING_THRESHOLD {
+        return encode(&data);
+    }
+    tokio::task::spawn_blocking(move || encode(&data))
+        .await
+        .map_err(|e| StoreError::Other(format!("compression task failed: {e}")))?
+}
+
+/// [`decode`] on the blocking pool when `bytes` is big.
+pub async fn decode_async(id: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    if bytes.len() < BLOCKING_THRESHOLD {
+        return decode(id, &bytes);
+    }
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || decode(&id, &bytes))
+        .await
+        .map_err(|e| StoreError::Other(format!("decompression task failed: {e}")))?
+}
+
+/// Decompresses one or more concatenated zstd frames.
+fn decompress(src: &[u8]) -> std::io::Result<Vec<u8>> {
+    // Pre-size from the first frame's declared size when it has one (capped: it is untrusted).
+    let hint = match zstd::zstd_safe::get_frame_content_size(src) {
+        Ok(Some(n)) => n.min(1 << 32) as usize,
+        _ => src.len().saturating_mul(2),
+    };
+    let mut out = Vec::with_capacity(hint);
+    zstd::stream::copy_decode(src, &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Incompressible pseudo-random bytes (xorshift64*), deterministic per seed.
+    pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn round_trip_formats() {
+        for data in [Vec::new(), b"x".to_vec(), vec![7u8; 1 << 20], random_bytes(300_000, 1)] {
+            let enc = encode(&data).unwrap();
+            assert_eq!(&enc[..4], ZSTD_MAGIC);
+            // Content checksum flag (bit 2 of the frame header descriptor) is set.
+            assert_ne!(enc[4] & 0x04, 0, "frame carries a checksum");
+            assert_eq!(decode("a", &enc).unwrap(), data);
+            // What any zstd reader (an sp1-cluster client) gets from our value.
+            assert_eq!(zstd::decode_all(&enc[..]).unwrap(), data);
+            // sp1-cluster values: plain zstd, default level, no checksum.
+            let plain = zstd::encode_all(&data[..], 0).unwrap();
+            assert_eq!(decode("a", &plain).unwrap(), data);
+        }
+        assert!(encode(&vec![0u8; 1 << 20]).unwrap().len() < 1000, "compresses");
+    }
+
+    #[test]
+    fn detects_corruption() {
+        let data = random_bytes(10_000, 2);
+        let enc = encode(&data).unwrap();
+        // A flipped payload byte (a raw zstd block: decodes, wrong content → checksum).
+        let mut bad = enc.clone();
+        bad[HEADER_LEN + 5_000] ^= 0x55;
+        let e = decode("art_1", &bad).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch") && e.contains("art_1"), "{e}");
+        // A flipped byte of the stored checksum itself (the frame's last 4 bytes).
+        let mut bad = enc.clone();
+        let n = bad.len();
+        bad[n - 2] ^= 1;
+        let e = decode("art_2", &bad).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch") && e.contains("art_2"), "{e}");
+        // Damage that breaks a compressed frame.
+        let mut bad = encode(&vec![3u8; 100_000]).unwrap();
+        let n = bad.len();
+        bad.truncate(n - 3);
+        let e = decode("art_3", &bad).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+    }
+
+    #[test]
+    fn rejects_foreign_values() {
+        for v in [&b""[..], b"hello world", &bincode::serialize(&vec![1u32, 2, 3]).unwrap()] {
+            let e = decode("art_x", v).unwrap_err().to_string();
+            assert!(e.contains("not an artifact value"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn async_variants() {
+        let data = random_bytes(1 << 20, 3);
+        let enc = encode_async(data.clone()).await.unwrap();
+        assert_eq!(decode_async("a", enc).await.unwrap(), data);
+    }
+}

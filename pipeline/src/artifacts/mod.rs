@@ -1,0 +1,282 @@
+//! Artifact store shared by every proofjobs service: one `ArtifactClient` (the trait the SP1
+//! prover uses to move programs, stdins, shards and proofs around) backed either by Redis
+//! (cluster mode, layout-compatible with sp1-cluster clients) or by a local directory
+//! (embedded mode), chosen at runtime from a URL.
+
+pub mod codec;
+pub mod fs;
+pub mod redis;
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use sp1_prover_types::{ArtifactClient, ArtifactId, ArtifactType};
+
+pub use self::{fs::FsStore, redis::RedisStore};
+
+/// Tuning knobs of the store. Only the Redis backend uses them.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Expiry put on intermediate artifacts (shards, records, unspecified...). Programs, stdins
+    /// and proofs get none; their owner calls `set_ttl` once the proof is over.
+    pub intermediate_ttl: Duration,
+    /// Fraction of Redis `maxmemory` above which writes of large values wait.
+    pub memory_watermark: f64,
+    /// How long a large write waits for memory below the watermark before failing.
+    pub backoff_max: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            intermediate_ttl: Duration::from_secs(6 * 3600),
+            memory_watermark: 0.8,
+            backoff_max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Typed cause carried (inside `anyhow::Error`) by every failure of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or refuses writes for now: retrying later may succeed.
+    #[error("artifact store unavailable: {0}")]
+    Unavailable(String),
+    /// The artifact (the id) does not exist, or only part of it does.
+    #[error("artifact {0} not found")]
+    NotFound(String),
+    /// The stored bytes are damaged or are not an artifact value.
+    #[error("corrupt artifact: {0}")]
+    Corrupt(String),
+    /// Anything else (bad id, local I/O error, ...).
+    #[error("artifact store error: {0}")]
+    Other(String),
+}
+
+/// True when `err` is a transient store failure (backend unreachable, connection refused or
+/// dropped, timeout, Redis loading/failing over/out of memory, memory watermark): the caller
+/// may retry the operation later. False for missing or corrupt artifacts and other errors.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        if let Some(se) = e.downcast_ref::<StoreError>() {
+            return matches!(se, StoreError::Unavailable(_));
+        }
+        if let Some(re) = e.downcast_ref::<::redis::RedisError>() {
+            return redis::is_transient_redis_error(re);
+        }
+        false
+    })
+}
+
+/// True when `err` says the artifact does not exist.
+pub fn is_not_found(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<StoreError>(),
+            Some(StoreError::NotFound(_))
+        )
+    })
+}
+
+/// TTL policy: inputs and outputs of a proof live until their owner expires them; everything
+/// else is an intermediate and expires on its own.
+pub(crate) fn ttl_for(artifact_type: ArtifactType, config: &StoreConfig) -> Option<Duration> {
+    match artifact_type {
+        ArtifactType::Program
+        | ArtifactType::Stdin
+        | ArtifactType::PrivateStdin
+        | ArtifactType::Proof => None,
+        _ => Some(config.intermediate_ttl),
+    }
+}
+
+/// The artifact store: Redis in cluster mode, a directory in embedded mode.
+#[derive(Clone)]
+pub enum ArtifactStore {
+    Redis(RedisStore),
+    Fs(FsStore),
+}
+
+impl fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArtifactStore({})", self.describe())
+    }
+}
+
+impl ArtifactStore {
+    /// Opens the store named by `url`: `redis://…` / `rediss://…` (the connection is made
+    /// lazily, on first use, so this does not fail when Redis is down), or `file:///abs/path`
+    /// (the directory is created).
+    pub async fn connect(url: &str, config: StoreConfig) -> Result<ArtifactStore> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            Ok(ArtifactStore::Redis(
+                RedisStore::connect(url, config).await?,
+            ))
+        } else if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                bail!("artifact store URL {url:?} must be file:///absolute/path");
+            }
+            let store = FsStore::new(PathBuf::from(path))
+                .await
+                .with_context(|| format!("opening artifact directory {path}"))?;
+            Ok(ArtifactStore::Fs(store))
+        } else {
+            bail!(
+                "unsupported artifact store URL {url:?}: expected redis://, rediss:// or file:///"
+            )
+        }
+    }
+
+    /// The store's URL without any password, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            ArtifactStore::Redis(s) => s.describe(),
+            ArtifactStore::Fs(s) => s.describe(),
+        }
+    }
+
+    /// Puts (or replaces) an expiry on an artifact, e.g. on a program or stdin once its proof
+    /// has ended. No-op for the filesystem store.
+    pub async fn set_ttl(&self, id: &str, ttl: Duration) -> Result<()> {
+        match self {
+            ArtifactStore::Redis(s) => s.set_ttl(id, ttl).await,
+            ArtifactStore::Fs(s) => s.set_ttl(id, ttl).await,
+        }
+    }
+}
+
+impl ArtifactClient for ArtifactStore {
+    async fn upload_raw(
+        &self,
+        artifact: &impl ArtifactId,
+        artifact_type: ArtifactType,
+        data: Vec<u8>,
+    ) -> Result<()> {
+        match self {
+            ArtifactStore::Redis(s) => s.upload_raw(artifact, artifact_type, data).await,
+            ArtifactStore::Fs(s) => s.upload_raw(artifact, artifact_type, data).await,
+        }
+    }
+
+    async fn download_raw(
+        &self,
+        artifact: &impl ArtifactId,
+        artifact_type: ArtifactType,
+    ) -> Result<Vec<u8>> {
+        match self {
+            ArtifactStore::Redis(s) => s.download_raw(artifact, artifact_type).await,
+            ArtifactStore::Fs(s) => s.download_raw(artifact, artifact_type).await,
+        }
+    }
+
+    async fn exists(
+        &self,
+        artifact: &impl ArtifactId,
+        artifact_type: ArtifactType,
+    ) -> Result<bool> {
+        match self {
+            ArtifactStore::Redis(s) => s.exists(artifact, artifact_type).await,
+            ArtifactStore::Fs(s) => s.exists(artifact, artifact_type).await,
+        }
+    }
+
+    async fn delete(&self, artifact: &impl ArtifactId, artifact_type: ArtifactType) -> Result<()> {
+        match self {
+            ArtifactStore::Redis(s) => s.delete(artifact, artifact_type).await,
+            ArtifactStore::Fs(s) => s.delete(artifact, artifact_type).await,
+        }
+    }
+
+    async fn delete_batch(
+        &self,
+        artifacts: &[impl ArtifactId],
+        artifact_type: ArtifactType,
+    ) -> Result<()> {
+        match self {
+            ArtifactStore::Redis(s) => s.delete_batch(artifacts, artifact_type).await,
+            ArtifactStore::Fs(s) => s.delete_batch(artifacts, artifact_type).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_file_url_creates_dir_and_round_trips() {
+        let dir = std::env::temp_dir()
+            .join(format!("pj-artifacts-{}", uuid::Uuid::new_v4()))
+            .join("nested");
+        let url = format!("file://{}", dir.display());
+        let store = ArtifactStore::connect(&url, StoreConfig::default())
+            .await
+            .unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(store.describe(), url);
+        let id = "artifact_mod_test".to_string();
+        store
+            .upload_raw(&id, ArtifactType::Stdin, b"hello".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.download_raw(&id, ArtifactType::Stdin).await.unwrap(),
+            b"hello"
+        );
+        store.set_ttl(&id, Duration::from_secs(1)).await.unwrap();
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn connect_rejects_bad_urls() {
+        for url in ["http://x", "file://relative/path", "s3://bucket"] {
+            assert!(
+                ArtifactStore::connect(url, StoreConfig::default())
+                    .await
+                    .is_err(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_and_ttl_policy() {
+        let c = StoreConfig::default();
+        assert_eq!(c.intermediate_ttl, Duration::from_secs(21600));
+        assert_eq!(c.memory_watermark, 0.8);
+        assert_eq!(c.backoff_max, Duration::from_secs(120));
+        for t in [
+            ArtifactType::Program,
+            ArtifactType::Stdin,
+            ArtifactType::PrivateStdin,
+            ArtifactType::Proof,
+        ] {
+            assert_eq!(ttl_for(t, &c), None);
+        }
+        for t in [
+            ArtifactType::UnspecifiedArtifactType,
+            ArtifactType::Groth16Circuit,
+            ArtifactType::PlonkCircuit,
+        ] {
+            assert_eq!(ttl_for(t, &c), Some(c.intermediate_ttl));
+        }
+    }
+
+    #[test]
+    fn transient_classification() {
+        let e = anyhow::Error::new(StoreError::Unavailable("down".into())).context("uploading x");
+        assert!(is_transient(&e));
+        assert!(!is_transient(&anyhow::Error::new(StoreError::NotFound(
+            "x".into()
+        ))));
+        assert!(!is_transient(&anyhow::Error::new(StoreError::Corrupt(
+            "x".into()
+        ))));
+        assert!(is_not_found(&anyhow::Error::new(StoreError::NotFound(
+            "x".into()
+        ))));
+        let io =
+            ::redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_transient(&anyhow::Error::new(io)));
+    }
+}

@@ -1,0 +1,10 @@
+//! The pieces every proofjobs process shares: the stage model, the durable state in PostgreSQL
+//! (proofs, tasks, runners) with the task bus built on it, the artifact stores, and the runner's
+//! exit-code contract. api, dispatcher and task-runner each import these instead of restating them.
+
+pub mod exit;
+pub mod ids;
+pub mod stage;
+pub mod state;
+pub mod bus;
+pub mod artifacts;

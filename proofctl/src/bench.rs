@@ -1,0 +1,155 @@
+//! `proofctl bench fibonacci <Mcycles>`: the same program and input proved through the embedded
+//! pipeline and, side by side in the same run, directly with sp1-sdk's CPU prover in a fresh
+//! process — wall time and peak memory of each, as a table.
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use proofjobs_guests::{fibonacci_n_for_cycles, FIBONACCI_ELF};
+
+use crate::ProveArgs;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Prove the in-repo Fibonacci guest at about <MCYCLES> million cycles.
+    Fibonacci {
+        mcycles: f64,
+        /// Modes to measure, comma separated.
+        #[arg(long, default_value = "core,compressed")]
+        modes: String,
+        /// Skip the direct sp1-sdk baseline.
+        #[arg(long)]
+        no_baseline: bool,
+    },
+    /// (internal) One direct sp1-sdk proof in this process; prints a JSON line.
+    #[command(hide = true)]
+    Sdk {
+        #[arg(long)]
+        n: u64,
+        #[arg(long)]
+        mode: String,
+    },
+}
+
+pub async fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Fibonacci { mcycles, modes, no_baseline } => fibonacci(mcycles, &modes, !no_baseline).await,
+        BenchCommand::Sdk { n, mode } => sdk(n, &mode).await,
+    }
+}
+
+fn peak_rss_self_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn peak_rss_children_kb() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss as u64
+}
+
+pub fn fibonacci_stdin(n: u64) -> sp1_sdk::SP1Stdin {
+    let mut stdin = sp1_sdk::SP1Stdin::new();
+    stdin.write(&n);
+    stdin
+}
+
+struct Row {
+    mode: String,
+    pipeline_s: f64,
+    pipeline_rss_kb: u64,
+    sdk: Option<serde_json::Value>,
+}
+
+async fn fibonacci(mcycles: f64, modes: &str, baseline: bool) -> Result<()> {
+    let n = fibonacci_n_for_cycles((mcycles * 1e6) as u64);
+    let dir = tempfile::tempdir()?;
+    let elf = dir.path().join("fibonacci.elf");
+    std::fs::write(&elf, FIBONACCI_ELF)?;
+    let stdin_path = dir.path().join("stdin.bin");
+    std::fs::write(&stdin_path, bincode::serialize(&fibonacci_stdin(n))?)?;
+    let mut rows = Vec::new();
+    let mut cycles = 0;
+    for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        eprintln!("bench: fibonacci n={n}, mode {mode}: embedded pipeline");
+        let args = ProveArgs {
+            elf: elf.clone(),
+            stdin: Some(stdin_path.clone()),
+            mode: mode.to_string(),
+            out: dir.path().join(format!("{mode}.proof")),
+            deadline_secs: 0,
+            cycle_limit: 0,
+            idempotency_key: String::new(),
+            quiet: true,
+        };
+        let started = Instant::now();
+        let proof = crate::prove_embedded(&args, false).await?;
+        let pipeline_s = started.elapsed().as_secs_f64();
+        anyhow::ensure!(proof.status == "completed", "pipeline proof {}: {}", proof.status, proof.failure_cause);
+        cycles = proof.cycles;
+        let pipeline_rss_kb = peak_rss_children_kb();
+        let sdk = if baseline {
+            eprintln!("bench: fibonacci n={n}, mode {mode}: sp1-sdk CpuProver in a fresh process");
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .args(["bench", "sdk", "--n", &n.to_string(), "--mode", mode])
+                .output()
+                .context("running the sp1-sdk baseline")?;
+            anyhow::ensure!(out.status.success(), "sdk baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+            let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("{}").to_string();
+            Some(serde_json::from_str::<serde_json::Value>(&line)?)
+        } else {
+            None
+        };
+        rows.push(Row { mode: mode.to_string(), pipeline_s, pipeline_rss_kb, sdk });
+    }
+    println!("fibonacci n={n} ({cycles} cycles), {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("| mode | proofjobs embedded (s) | sp1-sdk direct (s) | ratio | proofjobs peak RSS (GB) | sp1-sdk peak RSS (GB) | sp1-sdk prover init (s) |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in rows {
+        let sdk_s = row.sdk.as_ref().and_then(|v| v["total_s"].as_f64());
+        let sdk_rss = row.sdk.as_ref().and_then(|v| v["peak_rss_kb"].as_u64());
+        let sdk_init = row.sdk.as_ref().and_then(|v| v["init_s"].as_f64());
+        println!(
+            "| {} | {:.1} | {} | {} | {:.1} | {} | {} |",
+            row.mode,
+            row.pipeline_s,
+            sdk_s.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
+            sdk_s.map(|s| format!("{:.2}x", row.pipeline_s / s)).unwrap_or("-".into()),
+            row.pipeline_rss_kb as f64 / 1e6,
+            sdk_rss.map(|k| format!("{:.1}", k as f64 / 1e6)).unwrap_or("-".into()),
+            sdk_init.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
+        );
+    }
+    Ok(())
+}
+
+/// The baseline: what a user of sp1-sdk does in one process, timed from process start.
+async fn sdk(n: u64, mode: &str) -> Result<()> {
+    use sp1_sdk::{ProveRequest, Prover, ProvingKey};
+    let started = Instant::now();
+    let client = sp1_sdk::ProverClient::builder().cpu().build().await;
+    let init_s = started.elapsed().as_secs_f64();
+    let pk = client.setup(FIBONACCI_ELF.into()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let setup_s = started.elapsed().as_secs_f64() - init_s;
+    let request = client.prove(&pk, fibonacci_stdin(n));
+    let proof = match mode {
+        "core" => request.core().await,
+        "compressed" => request.compressed().await,
+        other => anyhow::bail!("the sdk baseline measures core and compressed, not {other}"),
+    }
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let total_s = started.elapsed().as_secs_f64();
+    client.verify(&proof, pk.verifying_key(), None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = PathBuf::from(std::env::temp_dir()).join(format!("proofjobs-bench-sdk-{mode}.proof"));
+    proof.save(&out)?;
+    println!(
+        "{}",
+        serde_json::json!({ "init_s": init_s, "setup_s": setup_s, "total_s": total_s, "peak_rss_kb": peak_rss_self_kb() })
+    );
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! The gRPC client side of proofctl: submit with a streamed upload, watch with a progress bar per
+//! stage, download the proof. Embedded mode talks to its in-process api through the same calls.
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use proofjobs_api::proto::{
+    prover_service_client::ProverServiceClient, submit_request::Part, GetProofRequest, Proof, SubmitHeader,
+    SubmitRequest, WatchRequest,
+};
+use tonic::transport::Channel;
+
+const CHUNK: usize = 1 << 20;
+
+pub async fn connect(endpoint: &str) -> Result<ProverServiceClient<Channel>> {
+    let channel = Channel::from_shared(endpoint.to_string())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the proofjobs api at {endpoint}"))?;
+    Ok(ProverServiceClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+pub struct Submission {
+    pub mode: String,
+    pub deadline: u64,
+    pub cycle_limit: u64,
+    pub idempotency_key: String,
+}
+
+pub async fn submit(client: &mut ProverServiceClient<Channel>, s: Submission, program: Vec<u8>, stdin: Vec<u8>) -> Result<String> {
+    let mut messages = vec![SubmitRequest {
+        part: Some(Part::Header(SubmitHeader {
+            mode: s.mode,
+            deadline: s.deadline,
+            cycle_limit: s.cycle_limit,
+            idempotency_key: s.idempotency_key,
+            program_size: program.len() as u64,
+            stdin_size: stdin.len() as u64,
+        })),
+    }];
+    messages.extend(program.chunks(CHUNK).map(|c| SubmitRequest { part: Some(Part::ProgramChunk(c.to_vec())) }));
+    messages.extend(stdin.chunks(CHUNK).map(|c| SubmitRequest { part: Some(Part::StdinChunk(c.to_vec())) }));
+    let response = client.submit(futures::stream::iter(messages)).await.map_err(status_error)?;
+    Ok(response.into_inner().proof_id)
+}
+
+/// Follow a proof until it finishes, drawing a bar per stage (or log lines when `quiet`).
+pub async fn watch(client: &mut ProverServiceClient<Channel>, proof_id: &str, quiet: bool) -> Result<Proof> {
+    let mut stream = client.watch(WatchRequest { proof_id: proof_id.to_string() }).await.map_err(status_error)?.into_inner();
+    let bars = MultiProgress::new();
+    if quiet {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:>11} [{bar:30}] {pos}/{len} {msg}").unwrap().progress_chars("=> ");
+    let mut by_stage: HashMap<String, ProgressBar> = HashMap::new();
+    let mut last = None;
+    while let Some(update) = stream.message().await.map_err(status_error)? {
+        for stage in &update.stages {
+            let bar = by_stage.entry(stage.stage.clone()).or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new(0));
+                bar.set_style(style.clone());
+                bar.set_prefix(stage.stage.clone());
+                bar
+            });
+            bar.set_length(stage.total);
+            bar.set_position(stage.done);
+            bar.set_message(stage.state.clone());
+        }
+        if quiet {
+            let summary: Vec<String> = update.stages.iter().map(|s| format!("{}={} {}/{}", s.stage, s.state, s.done, s.total)).collect();
+            eprintln!("{} {} [{}]", update.id, update.status, summary.join(" "));
+        }
+        last = Some(update);
+    }
+    for bar in by_stage.values() {
+        bar.finish();
+    }
+    last.context("the api closed the watch stream without an update")
+}
+
+pub async fn download_proof(client: &mut ProverServiceClient<Channel>, proof_id: &str, out: &Path) -> Result<u64> {
+    let mut stream = client.get_proof(GetProofRequest { proof_id: proof_id.to_string() }).await.map_err(status_error)?.into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    if bytes.is_empty() {
+        bail!("the api returned an empty proof for {proof_id}");
+    }
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(bytes.len() as u64)
+}
+
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}

@@ -1,0 +1,294 @@
+//! proofctl: the command line for proofjobs. `prove` runs a whole proof on this machine (embedded
+//! mode) unless `--api` points at a cluster; the other commands talk to an api.
+
+mod bench;
+mod client;
+mod embedded;
+mod inputs;
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use proofjobs_api::proto::{CancelRequest, GetRequest, ListRequest, Proof};
+
+#[derive(Parser)]
+#[command(name = "proofctl", version, about = "Submit, follow and verify SP1 proofs on proofjobs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ProveArgs {
+    /// The program: a raw RISC-V ELF (`.zst` accepted).
+    #[arg(long)]
+    elf: PathBuf,
+    /// Its input: a bincode-serialized SP1Stdin (`.zst` accepted). Empty input when absent.
+    #[arg(long)]
+    stdin: Option<PathBuf>,
+    /// execute | core | compressed | plonk | groth16
+    #[arg(long, default_value = "compressed")]
+    mode: String,
+    /// Where the proof is written (sp1-sdk's SP1ProofWithPublicValues::save format).
+    #[arg(long, default_value = "proof.bin")]
+    out: PathBuf,
+    /// Deadline in seconds from now (0: the server's default).
+    #[arg(long, default_value_t = 0)]
+    deadline_secs: u64,
+    /// Fail the proof when the program runs longer than this many cycles (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    cycle_limit: u64,
+    /// A repeated key returns the earlier proof instead of a new one.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+    /// Print progress as log lines instead of bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Prove a program: on this machine (embedded mode), or on a cluster with --api.
+    Prove {
+        #[command(flatten)]
+        args: ProveArgs,
+        /// A proofjobs api (http://host:50051). Without it the whole pipeline runs here.
+        #[arg(long, env = "PROOFJOBS_API")]
+        api: Option<String>,
+        /// Embedded mode: keep the state directory (database, artifacts, runner logs).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Submit a proof to a cluster and print its id.
+    Submit {
+        #[command(flatten)]
+        args: ProveArgs,
+        #[arg(long, env = "PROOFJOBS_API")]
+        api: String,
+    },
+    /// Follow a proof's stages until it finishes.
+    Watch {
+        proof_id: String,
+        #[arg(long, env = "PROOFJOBS_API")]
+        api: String,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Show a proof; with --out, also download it.
+    Get {
+        proof_id: String,
+        #[arg(long, env = "PROOFJOBS_API")]
+        api: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Cancel a proof.
+    Cancel {
+        proof_id: String,
+        #[arg(long, env = "PROOFJOBS_API")]
+        api: String,
+    },
+    /// List proofs.
+    List {
+        #[arg(long, env = "PROOFJOBS_API")]
+        api: String,
+        /// Only these statuses (pending, running, completed, failed, cancelled).
+        #[arg(long)]
+        status: Vec<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Verify a proof file against a program with the stock sp1-sdk verifier.
+    Verify {
+        #[arg(long)]
+        elf: PathBuf,
+        #[arg(long)]
+        proof: PathBuf,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Write an in-repo example program and its input to files.
+    #[command(subcommand)]
+    Example(ExampleCommand),
+}
+
+#[derive(Subcommand)]
+enum ExampleCommand {
+    /// The Fibonacci guest, with an input that runs about <mcycles> million cycles.
+    Fibonacci {
+        #[arg(long, default_value_t = 1.0)]
+        mcycles: f64,
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,sqlx=error".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(run(cli.command));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Prove { args, api, keep } => {
+            let proof = match api {
+                Some(api) => prove_remote(&api, &args).await?,
+                None => prove_embedded(&args, keep).await?,
+            };
+            report(&proof, &args)
+        }
+        Command::Submit { args, api } => {
+            let mut client = client::connect(&api).await?;
+            let (program, stdin) = inputs::load(&args.elf, args.stdin.as_deref())?;
+            let id = client::submit(&mut client, submission(&args), program, stdin).await?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Watch { proof_id, api, quiet } => {
+            let mut client = client::connect(&api).await?;
+            let proof = client::watch(&mut client, &proof_id, quiet).await?;
+            print_proof(&proof);
+            Ok(())
+        }
+        Command::Get { proof_id, api, out } => {
+            let mut client = client::connect(&api).await?;
+            let proof = client.get(GetRequest { proof_id: proof_id.clone() }).await.map_err(client::status_error)?.into_inner();
+            print_proof(&proof);
+            if let Some(out) = out {
+                let n = client::download_proof(&mut client, &proof_id, &out).await?;
+                println!("proof written to {} ({n} bytes)", out.display());
+            }
+            Ok(())
+        }
+        Command::Cancel { proof_id, api } => {
+            let mut client = client::connect(&api).await?;
+            let r = client.cancel(CancelRequest { proof_id: proof_id.clone() }).await.map_err(client::status_error)?;
+            println!("{proof_id}: {}", r.into_inner().status);
+            Ok(())
+        }
+        Command::List { api, status, limit } => {
+            let mut client = client::connect(&api).await?;
+            let r = client.list(ListRequest { statuses: status, limit, offset: 0 }).await.map_err(client::status_error)?;
+            println!("{:<40} {:<11} {:<10} {:>12}  CAUSE", "ID", "MODE", "STATUS", "CYCLES");
+            for p in r.into_inner().proofs {
+                println!("{:<40} {:<11} {:<10} {:>12}  {}", p.id, p.mode, p.status, p.cycles, p.failure_cause);
+            }
+            Ok(())
+        }
+        Command::Verify { elf, proof } => verify(&elf, &proof).await,
+        Command::Bench(command) => bench::run(command).await,
+        Command::Example(ExampleCommand::Fibonacci { mcycles, out_dir }) => {
+            let n = proofjobs_guests::fibonacci_n_for_cycles((mcycles * 1e6) as u64);
+            std::fs::create_dir_all(&out_dir)?;
+            std::fs::write(out_dir.join("fibonacci.elf"), proofjobs_guests::FIBONACCI_ELF)?;
+            std::fs::write(out_dir.join("fibonacci-stdin.bin"), bincode::serialize(&bench::fibonacci_stdin(n))?)?;
+            println!("wrote {0}/fibonacci.elf and {0}/fibonacci-stdin.bin (n = {n})", out_dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn submission(args: &ProveArgs) -> client::Submission {
+    let deadline = if args.deadline_secs == 0 {
+        0
+    } else {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + args.deadline_secs
+    };
+    client::Submission {
+        mode: args.mode.clone(),
+        deadline,
+        cycle_limit: args.cycle_limit,
+        idempotency_key: args.idempotency_key.clone(),
+    }
+}
+
+async fn prove_remote(api: &str, args: &ProveArgs) -> Result<Proof> {
+    let mut client = client::connect(api).await?;
+    let (program, stdin) = inputs::load(&args.elf, args.stdin.as_deref())?;
+    let id = client::submit(&mut client, submission(args), program, stdin).await?;
+    eprintln!("submitted {id}");
+    let proof = client::watch(&mut client, &id, args.quiet).await?;
+    if proof.status == "completed" && args.mode != "execute" {
+        client::download_proof(&mut client, &id, &args.out).await?;
+    }
+    Ok(proof)
+}
+
+pub async fn prove_embedded(args: &ProveArgs, keep: bool) -> Result<Proof> {
+    let (program, stdin) = inputs::load(&args.elf, args.stdin.as_deref())?;
+    let env = embedded::Embedded::start(keep).await.context("starting embedded mode")?;
+    let endpoint = env.endpoint.clone();
+    let logs = env.runner_logs();
+    let outcome = async {
+        let mut client = client::connect(&endpoint).await?;
+        let id = client::submit(&mut client, submission(args), program, stdin).await?;
+        eprintln!("embedded: proof {id} (runner logs in {})", logs.display());
+        let proof = tokio::select! {
+            proof = client::watch(&mut client, &id, args.quiet) => proof?,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+        };
+        if proof.status == "completed" && args.mode != "execute" {
+            client::download_proof(&mut client, &id, &args.out).await?;
+        }
+        Ok(proof)
+    }
+    .await;
+    if keep {
+        eprintln!("embedded: state kept in {}", env.dir.display());
+    }
+    env.shutdown().await;
+    outcome
+}
+
+fn report(proof: &Proof, args: &ProveArgs) -> Result<()> {
+    print_proof(proof);
+    match proof.status.as_str() {
+        "completed" if args.mode == "execute" => Ok(()),
+        "completed" => {
+            println!("proof written to {}", args.out.display());
+            Ok(())
+        }
+        other => bail!("proof {} {other}: {}", proof.id, proof.failure_cause),
+    }
+}
+
+fn print_proof(p: &Proof) {
+    println!("proof {}  mode {}  status {}", p.id, p.mode, p.status);
+    if p.cycles > 0 {
+        println!("cycles {}", p.cycles);
+    }
+    if !p.public_values.is_empty() {
+        println!("public values 0x{}", hex(&p.public_values));
+    }
+    for s in &p.stages {
+        println!("  {:<11} {:<8} {}/{}", s.stage, s.state, s.done, s.total);
+    }
+    if !p.failure_cause.is_empty() {
+        println!("cause: {}", p.failure_cause);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn verify(elf: &std::path::Path, proof: &std::path::Path) -> Result<()> {
+    use sp1_sdk::{Prover, ProvingKey};
+    let program = inputs::read_maybe_zst(elf)?;
+    let proof = sp1_sdk::SP1ProofWithPublicValues::load(proof).with_context(|| format!("loading {}", proof.display()))?;
+    let started = Instant::now();
+    let client = sp1_sdk::ProverClient::builder().light().build().await;
+    let pk = client.setup(program.into()).await.map_err(|e| anyhow::anyhow!("setup: {e}"))?;
+    client.verify(&proof, pk.verifying_key(), None).map_err(|e| anyhow::anyhow!("proof does NOT verify: {e}"))?;
+    println!("proof verifies ({:.1} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}

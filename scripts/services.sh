@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Starts the real services the tests and cluster mode talk to — PostgreSQL and Redis from Debian
+# packages — in a private directory, on loopback ports, and prints the environment to use them.
+#
+#   eval "$(scripts/services.sh start)"   # exports DATABASE_URL, REDIS_URL, PROOFJOBS_SERVICES_DIR
+#   scripts/services.sh stop
+set -euo pipefail
+
+DIR=${PROOFJOBS_SERVICES_DIR:-/tmp/proofjobs-services}
+PG_PORT=${PROOFJOBS_PG_PORT:-55432}
+REDIS_PORT=${PROOFJOBS_REDIS_PORT:-56379}
+
+pg_bin() {
+  local b
+  for b in "$(command -v "$1" 2>/dev/null)" /usr/lib/postgresql/*/bin/"$1"; do
+    [ -x "$b" ] && { echo "$b"; return; }
+  done
+  echo "missing PostgreSQL binary $1 (apt-get install postgresql)" >&2; exit 1
+}
+
+start() {
+  mkdir -p "$DIR"
+  if ! [ -f "$DIR/pg/PG_VERSION" ]; then
+    # initdb refuses to run as root; the data dir belongs to the postgres user when we are root.
+    if [ "$(id -u)" = 0 ]; then
+      mkdir -p "$DIR/pg" && chown postgres "$DIR/pg" "$DIR"
+      su postgres -s /bin/sh -c "$(pg_bin initdb) -D $DIR/pg -A trust -U proofjobs --no-sync" >"$DIR/initdb.log"
+    else
+      "$(pg_bin initdb)" -D "$DIR/pg" -A trust -U proofjobs --no-sync >"$DIR/initdb.log"
+    fi
+  fi
+  if ! "$(pg_bin pg_isready)" -q -h 127.0.0.1 -p "$PG_PORT"; then
+    local opts="-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$DIR -c fsync=off -c max_connections=400"
+    if [ "$(id -u)" = 0 ]; then
+      su postgres -s /bin/sh -c "$(pg_bin pg_ctl) -D $DIR/pg -l $DIR/pg.log -w -o '$opts' start" >/dev/null
+    else
+      "$(pg_bin pg_ctl)" -D "$DIR/pg" -l "$DIR/pg.log" -w -o "$opts" start >/dev/null
+    fi
+  fi
+  if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    # noeviction + maxmemory: a write past the limit must fail loudly, never evict a live artifact.
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+      --maxmemory 4gb --maxmemory-policy noeviction --daemonize yes \
+      --logfile "$DIR/redis.log" --pidfile "$DIR/redis.pid" >/dev/null
+    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+  echo "export DATABASE_URL=postgres://proofjobs@127.0.0.1:$PG_PORT/postgres"
+  echo "export REDIS_URL=redis://127.0.0.1:$REDIS_PORT"
+  echo "export PROOFJOBS_SERVICES_DIR=$DIR"
+}
+
+stop() {
+  redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  if [ -f "$DIR/pg/postmaster.pid" ]; then
+    if [ "$(id -u)" = 0 ]; then
+      su postgres -s /bin/sh -c "$(pg_bin pg_ctl) -D $DIR/pg -m fast stop" >/dev/null || true
+    else
+      "$(pg_bin pg_ctl)" -D "$DIR/pg" -m fast stop >/dev/null || true
+    fi
+  fi
+}
+
+case "${1:-start}" in
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 start|stop" >&2; exit 64 ;;
+esac

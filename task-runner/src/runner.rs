@@ -1,0 +1,179 @@
+//! The claim loop: register, heartbeat, claim tasks of our stages while capacity allows, and
+//! decide when to exit. SIGTERM (a deleted pod, a spot notice, a cancel) hands the running tasks
+//! back to the queue and exits 75 so the work resumes elsewhere.
+
+use std::{sync::Arc, time::{Duration, Instant}};
+
+use anyhow::Result;
+use proofjobs_pipeline::{
+    artifacts::{ArtifactStore, StoreConfig},
+    bus::PgBus,
+    exit, ids,
+    stage::{stage_list, Stage},
+    state::{wait_for, Db, Notifications},
+};
+use tokio::{signal::unix::SignalKind, sync::Semaphore, task::JoinSet};
+
+use crate::{tasks::{Outcome, TaskContext}, Args};
+
+pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
+    let runner_id = args.runner_id.clone().unwrap_or_else(ids::new_runner_id);
+    let db = match Db::connect(&args.database_url, 8).await {
+        Ok(db) => db,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return exit::TRANSIENT;
+        }
+    };
+    let store = match ArtifactStore::connect(&args.artifact_store, StoreConfig::default()).await {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!("artifact store: {e:#}");
+            return exit::TRANSIENT;
+        }
+    };
+    let notifications = match Notifications::listen(&db).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return exit::TRANSIENT;
+        }
+    };
+    let handle = std::process::id().to_string();
+    if let Err(e) = db.register_runner(&runner_id, &args.proof, &stages, "local", &handle).await {
+        tracing::error!("registering runner: {e:#}");
+        return exit::TRANSIENT;
+    }
+    tracing::info!(runner = %runner_id, proof = %args.proof, stages = %stage_list(&stages), "runner started");
+
+    let heartbeat = tokio::spawn({
+        let db = db.clone();
+        let id = runner_id.clone();
+        async move {
+            loop {
+                if let Err(e) = db.runner_heartbeat(&id).await {
+                    tracing::warn!("heartbeat: {e:#}");
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    });
+
+    let bus = PgBus::new(db.clone(), notifications.clone());
+    let ctx = Arc::new(TaskContext::new(runner_id.clone(), stages.clone(), db.clone(), store, bus));
+    let code = claim_loop(&args, &stages, &runner_id, &db, &notifications, ctx).await;
+    heartbeat.abort();
+    let error = db.runner_error(&runner_id).await.ok().flatten();
+    if let Err(e) = db.runner_exited(&runner_id, Some(code), error.as_deref()).await {
+        tracing::warn!("recording exit: {e:#}");
+    }
+    tracing::info!(runner = %runner_id, code, "runner exiting");
+    code
+}
+
+async fn claim_loop(
+    args: &Args,
+    stages: &[Stage],
+    runner_id: &str,
+    db: &Db,
+    notifications: &Notifications,
+    ctx: Arc<TaskContext>,
+) -> i32 {
+    let capacity: usize = stages.iter().map(|s| s.runner_concurrency()).sum();
+    let slots = Arc::new(Semaphore::new(capacity));
+    let mut running: JoinSet<Outcome> = JoinSet::new();
+    let mut wake = notifications.subscribe();
+    let mut idle_since: Option<Instant> = None;
+    let idle_exit = Duration::from_secs(args.idle_exit_secs);
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).expect("SIGINT handler");
+
+    loop {
+        // Reap finished tasks; a task that found bad input ends the runner with 65.
+        while let Some(done) = running.try_join_next() {
+            match done {
+                Ok(Outcome::BadInput) => return exit::BAD_INPUT,
+                Ok(Outcome::Done) => {}
+                Err(e) => tracing::error!("task panicked: {e}"),
+            }
+        }
+
+        let step: Result<bool> = async {
+            let proof = db.get_proof(&args.proof).await?;
+            let Some(proof) = proof else {
+                anyhow::bail!("proof {} does not exist", args.proof);
+            };
+            if proof.status.is_terminal() {
+                return Ok(true);
+            }
+            let mut claimed_any = false;
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                match db.claim_task(&args.proof, stages, runner_id).await? {
+                    Some(task) => {
+                        claimed_any = true;
+                        idle_since = None;
+                        let ctx = ctx.clone();
+                        running.spawn(async move {
+                            let outcome = ctx.run(task).await;
+                            drop(permit);
+                            outcome
+                        });
+                    }
+                    None => break,
+                }
+            }
+            if !claimed_any && running.is_empty() && !db.has_open_tasks(&args.proof, stages).await? {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= idle_exit {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        .await;
+        match step {
+            Ok(true) => {
+                // Finished or stopped: a task that just found bad input still decides the exit code.
+                running.abort_all();
+                let mut code = exit::DONE;
+                while let Some(done) = running.join_next().await {
+                    if let Ok(Outcome::BadInput) = done {
+                        code = exit::BAD_INPUT;
+                    }
+                }
+                return code;
+            }
+            Ok(false) => {}
+            Err(e) if proofjobs_pipeline::artifacts::is_transient(&e) || is_db_error(&e) => {
+                tracing::error!("state unreachable: {e:#}");
+                return exit::TRANSIENT;
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return exit::USAGE;
+            }
+        }
+
+        tokio::select! {
+            _ = wait_for(&mut wake, Some(&args.proof), Duration::from_millis(500)) => {}
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(Outcome::BadInput) = done { return exit::BAD_INPUT; }
+            }
+            _ = sigterm.recv() => return hand_back(db, runner_id, &mut running).await,
+            _ = sigint.recv() => return hand_back(db, runner_id, &mut running).await,
+        }
+    }
+}
+
+async fn hand_back(db: &Db, runner_id: &str, running: &mut JoinSet<Outcome>) -> i32 {
+    running.abort_all();
+    match db.requeue_runner_tasks(runner_id).await {
+        Ok(n) => tracing::warn!("signal received: handed {n} running task(s) back"),
+        Err(e) => tracing::error!("handing tasks back: {e:#}"),
+    }
+    exit::TRANSIENT
+}
+
+fn is_db_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.downcast_ref::<sqlx::Error>().is_some())
+}

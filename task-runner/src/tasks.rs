@@ -1,0 +1,335 @@
+//! What one claimed task does, by SP1 task type. The SP1 worker (provers, keys, recursion
+//! programs) is built on first need only: a runner that only executes a program never pays for it.
+
+use std::{path::Path, sync::Arc};
+
+use proofjobs_pipeline::{
+    artifacts::ArtifactStore,
+    bus::PgBus,
+    stage::Stage,
+    state::{ClaimedTask, Db, ProofStatus, TaskState},
+};
+use sp1_core_executor::{Program, SP1Context, SP1CoreOpts};
+use sp1_core_machine::io::SP1Stdin;
+use sp1_prover::{
+    worker::{
+        cpu_worker_builder, execute_with_options, CoreExecuteTaskRequest, ProofId, RawTaskRequest,
+        RequesterId, SP1ExecutorConfig, SP1Worker, TaskError, TaskId,
+    },
+    CpuSP1ProverComponents,
+};
+use sp1_prover_types::{Artifact, ArtifactClient, ArtifactType, TaskType};
+use tokio::sync::OnceCell;
+
+type Worker = SP1Worker<ArtifactStore, PgBus, CpuSP1ProverComponents>;
+
+/// How a task ended, as far as the runner's exit code is concerned.
+pub enum Outcome {
+    Done,
+    /// The proof's own input is unusable; the proof was failed with the reason.
+    BadInput,
+}
+
+pub struct TaskContext {
+    runner_id: String,
+    stages: Vec<Stage>,
+    db: Db,
+    store: ArtifactStore,
+    bus: PgBus,
+    worker: OnceCell<Worker>,
+}
+
+impl TaskContext {
+    pub fn new(runner_id: String, stages: Vec<Stage>, db: Db, store: ArtifactStore, bus: PgBus) -> TaskContext {
+        TaskContext { runner_id, stages, db, store, bus, worker: OnceCell::new() }
+    }
+
+    async fn worker(&self) -> anyhow::Result<&Worker> {
+        self.worker
+            .get_or_try_init(|| async {
+                let started = std::time::Instant::now();
+                tracing::info!("building the SP1 worker (provers and recursion programs)");
+                let worker = cpu_worker_builder()
+                    .with_artifact_client(self.store.clone())
+                    .with_worker_client(self.bus.clone())
+                    .build()
+                    .await?;
+                tracing::info!(secs = started.elapsed().as_secs_f64(), "SP1 worker ready");
+                Ok(worker)
+            })
+            .await
+    }
+
+    pub async fn run(&self, task: ClaimedTask) -> Outcome {
+        let kind = TaskType::try_from(task.task_type).unwrap_or(TaskType::UnspecifiedTaskType);
+        tracing::info!(task = %task.id, kind = kind.as_str_name(), attempt = task.attempts, "task started");
+        let started = std::time::Instant::now();
+        let result = self.dispatch(kind, &task).await;
+        let secs = started.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => {
+                tracing::info!(task = %task.id, kind = kind.as_str_name(), secs, "task succeeded");
+                if let Err(e) = self.db.complete_task(&task.id).await {
+                    tracing::error!("recording success of {}: {e:#}", task.id);
+                }
+                Outcome::Done
+            }
+            Err(Failure::BadInput(reason)) => {
+                tracing::error!(task = %task.id, "bad input: {reason}");
+                let _ = self.db.fail_task(&task.id, &reason, false).await;
+                let _ = self.db.finish_proof(&task.proof_id, ProofStatus::Failed, Some(&reason), None, None).await;
+                let _ = self.db.set_runner_error(&self.runner_id, &reason).await;
+                Outcome::BadInput
+            }
+            Err(Failure::Task(err)) => {
+                let (retryable, message) = match &err {
+                    TaskError::Retryable(e) => (true, format!("{e:#}")),
+                    TaskError::Fatal(e) => (false, format!("{e:#}")),
+                    TaskError::Execution(e) => (false, format!("program execution failed: {e}")),
+                };
+                tracing::error!(task = %task.id, kind = kind.as_str_name(), retryable, secs, "task failed: {message}");
+                let state = self.db.fail_task(&task.id, &message, retryable).await.unwrap_or(TaskState::Failed);
+                // The controller and executor carry the whole proof: when they fail for good, so does the proof.
+                let proof_level = matches!(kind, TaskType::Controller | TaskType::ExecuteOnly | TaskType::CoreExecute);
+                if state == TaskState::Failed && (proof_level || matches!(err, TaskError::Execution(_))) {
+                    let cause = format!("{} failed: {message}", kind.as_str_name());
+                    let _ = self.db.finish_proof(&task.proof_id, ProofStatus::Failed, Some(&cause), None, None).await;
+                }
+                Outcome::Done
+            }
+        }
+    }
+
+    async fn dispatch(&self, kind: TaskType, task: &ClaimedTask) -> Result<(), Failure> {
+        let raw = raw_request(task);
+        let task_id = TaskId::new(task.id.clone());
+        match kind {
+            TaskType::ExecuteOnly => self.execute_only(task).await,
+            TaskType::Controller => {
+                self.check_program_inputs(&task.inputs).await?;
+                // A SNARK proof whose wrap cannot run here fails now, not after the compressed proof.
+                let wrap_system = match task.inputs.get(2).map(String::as_str) {
+                    Some("3") => Some("plonk"),
+                    Some("4") => Some("groth16"),
+                    _ => None,
+                };
+                if let Some(system) = wrap_system.filter(|_| self.stages.contains(&Stage::Wrap)) {
+                    check_circuit_artifacts(system).map_err(|reason| fatal(anyhow::anyhow!(reason)))?;
+                }
+                let worker = self.worker().await.map_err(fatal)?;
+                let output = worker.controller().run(raw).await?;
+                // The task is done before the proof is: finishing the proof cancels open tasks.
+                self.db.complete_task(&task.id).await.map_err(retryable)?;
+                let finished = self
+                    .db
+                    .finish_proof(
+                        &task.proof_id,
+                        ProofStatus::Completed,
+                        None,
+                        Some(output.cycles as i64),
+                        Some(&output.public_value_stream),
+                    )
+                    .await
+                    .map_err(retryable)?;
+                if !finished {
+                    tracing::warn!("proof {} had already finished; result not recorded", task.proof_id);
+                }
+                Ok(())
+            }
+            TaskType::CoreExecute => {
+                let worker = self.worker().await.map_err(fatal)?;
+                let request = CoreExecuteTaskRequest::from_raw(raw)?;
+                worker.controller().execute(task_id, request).await?;
+                Ok(())
+            }
+            TaskType::SetupVkey => {
+                let worker = self.worker().await.map_err(fatal)?;
+                let elf = first(&task.inputs)?;
+                let out = first(&task.outputs)?;
+                let handle = worker.prover_engine().submit_setup(task_id, elf, out).await.map_err(|e| fatal(e.into()))?;
+                handle.await.map_err(|e| fatal(anyhow::anyhow!("setup task aborted: {e}")))??;
+                Ok(())
+            }
+            TaskType::ProveShard => {
+                let worker = self.worker().await.map_err(fatal)?;
+                let handle = worker.prover_engine().submit_prove_core_shard(raw.clone()).await?;
+                let result = handle.await.map_err(|e| fatal(anyhow::anyhow!("shard task aborted: {e}")))?;
+                raw.recover_prove_shard_if_complete(result, &self.store).await?;
+                Ok(())
+            }
+            TaskType::RecursionReduce => {
+                let worker = self.worker().await.map_err(fatal)?;
+                let handle = worker.prover_engine().submit_recursion_reduce(raw.clone()).await?;
+                let result = handle.await.map_err(|e| fatal(anyhow::anyhow!("reduce task aborted: {e}")))?;
+                raw.recover_if_complete(result, &self.store).await?;
+                Ok(())
+            }
+            TaskType::RecursionDeferred => {
+                let worker = self.worker().await.map_err(fatal)?;
+                let handle = worker.prover_engine().submit_prove_deferred(raw).await?;
+                handle.await.map_err(|e| fatal(anyhow::anyhow!("deferred task aborted: {e}")))??;
+                Ok(())
+            }
+            TaskType::ShrinkWrap => {
+                let worker = self.worker().await.map_err(fatal)?;
+                worker.prover_engine().run_shrink_wrap(raw).await?;
+                Ok(())
+            }
+            TaskType::PlonkWrap | TaskType::Groth16Wrap => {
+                let system = if kind == TaskType::PlonkWrap { "plonk" } else { "groth16" };
+                check_circuit_artifacts(system).map_err(|reason| {
+                    // Not the proof's fault and not transient: a configuration gap the operator must close.
+                    Failure::Task(TaskError::Fatal(anyhow::anyhow!(reason)))
+                })?;
+                let worker = self.worker().await.map_err(fatal)?;
+                if kind == TaskType::PlonkWrap {
+                    worker.prover_engine().run_plonk(raw).await?;
+                } else {
+                    worker.prover_engine().run_groth16(raw).await?;
+                }
+                Ok(())
+            }
+            other => Err(fatal(anyhow::anyhow!("task type {} is not run by proofjobs runners", other.as_str_name()))),
+        }
+    }
+
+    /// The program and stdin of a proof must be what they claim to be before anything is proved.
+    /// Inputs: [program, stdin, ...] for both CONTROLLER and our EXECUTE_ONLY.
+    async fn check_program_inputs(&self, inputs: &[String]) -> Result<(Arc<Program>, SP1Stdin), Failure> {
+        let [program, stdin, ..] = inputs else {
+            return Err(Failure::BadInput("the task names no program and stdin artifacts".into()));
+        };
+        let elf: Vec<u8> = self
+            .store
+            .download_program(&Artifact(program.clone()))
+            .await
+            .map_err(|e| load_failure("program", program, e))?;
+        let program = Program::from(&elf)
+            .map_err(|e| Failure::BadInput(format!("the program is not a valid SP1 RISC-V ELF: {e}")))?;
+        let stdin_type = ArtifactType::Stdin;
+        let bytes = self
+            .store
+            .download_raw(&Artifact(stdin.clone()), stdin_type)
+            .await
+            .map_err(|e| load_failure("stdin", stdin, e))?;
+        let stdin: SP1Stdin = bincode::deserialize(&bytes)
+            .map_err(|e| Failure::BadInput(format!("stdin is not a bincode-serialized SP1Stdin: {e}")))?;
+        Ok((Arc::new(program), stdin))
+    }
+
+    /// EXECUTE_ONLY inputs: [program, stdin, cycle_limit or ""].
+    async fn execute_only(&self, task: &ClaimedTask) -> Result<(), Failure> {
+        let (program, stdin) = self.check_program_inputs(&task.inputs).await?;
+        let cycle_limit = task.inputs.get(2).and_then(|s| s.parse::<u64>().ok());
+        let mut context = SP1Context::default();
+        context.max_cycles = cycle_limit;
+        let (public_values, _digest, report) =
+            execute_with_options(program, stdin, context, SP1CoreOpts::default(), SP1ExecutorConfig::default())
+                .await
+                .map_err(|e| Failure::Task(TaskError::Fatal(e)))?;
+        if report.exit_code != 0 {
+            return Err(Failure::Task(TaskError::Fatal(anyhow::anyhow!(
+                "the program halted with exit code {} (HALT_WITH_NON_ZERO_EXIT_CODE)",
+                report.exit_code
+            ))));
+        }
+        let cycles = report.total_instruction_count() as i64;
+        let pv = public_values.to_vec();
+        if let Some(out) = task.outputs.first() {
+            self.store.upload(&Artifact(out.clone()), (cycles as u64, pv.clone())).await.map_err(retryable)?;
+        }
+        self.db.complete_task(&task.id).await.map_err(retryable)?;
+        self.db
+            .finish_proof(&task.proof_id, ProofStatus::Completed, None, Some(cycles), Some(&pv))
+            .await
+            .map_err(retryable)?;
+        Ok(())
+    }
+}
+
+pub enum Failure {
+    BadInput(String),
+    Task(TaskError),
+}
+
+impl From<TaskError> for Failure {
+    fn from(e: TaskError) -> Self {
+        Failure::Task(e)
+    }
+}
+
+fn fatal(e: anyhow::Error) -> Failure {
+    Failure::Task(TaskError::Fatal(e))
+}
+
+fn retryable(e: anyhow::Error) -> Failure {
+    Failure::Task(TaskError::Retryable(e))
+}
+
+fn load_failure(what: &str, id: &str, e: anyhow::Error) -> Failure {
+    if proofjobs_pipeline::artifacts::is_transient(&e) {
+        retryable(e.context(format!("loading {what} artifact {id}")))
+    } else {
+        Failure::BadInput(format!("{what} artifact {id} could not be read: {e:#}"))
+    }
+}
+
+fn first(ids: &[String]) -> Result<Artifact, Failure> {
+    ids.first().map(|s| Artifact(s.clone())).ok_or_else(|| fatal(anyhow::anyhow!("task has no artifact where one is required")))
+}
+
+fn raw_request(task: &ClaimedTask) -> RawTaskRequest {
+    RawTaskRequest {
+        inputs: task.inputs.iter().cloned().map(Artifact).collect(),
+        outputs: task.outputs.iter().cloned().map(Artifact).collect(),
+        context: sp1_prover::worker::TaskContext {
+            proof_id: ProofId::new(task.proof_id.clone()),
+            parent_id: task.parent_id.clone().map(TaskId::new),
+            parent_context: None,
+            requester_id: RequesterId::new(task.requester.clone()),
+        },
+    }
+}
+
+/// Groth16/Plonk need Succinct's circuit artifacts on local disk; runners never download them at
+/// run time (pods have no business fetching gigabytes per task). Say exactly what is missing.
+fn check_circuit_artifacts(system: &str) -> Result<(), String> {
+    if std::env::var("SP1_CIRCUIT_MODE").is_ok_and(|m| m == "dev") {
+        return Ok(());
+    }
+    let dir = if system == "plonk" {
+        sp1_prover::build::plonk_circuit_artifacts_dir()
+    } else {
+        sp1_prover::build::groth16_circuit_artifacts_dir()
+    }
+    .map_err(|e| format!("cannot locate the {system} circuit artifacts: {e}"))?;
+    let installed = Path::new(&dir).is_dir()
+        && std::fs::read_dir(&dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+    if installed {
+        return Ok(());
+    }
+    let var = if system == "plonk" { "SP1_PLONK_CIRCUIT_PATH" } else { "SP1_GROTH16_CIRCUIT_PATH" };
+    Err(format!(
+        "{system} circuit artifacts (SP1 circuit version {}) are not installed at {}: proofjobs runners \
+         do not download them at run time. An operator provides them by unpacking Succinct's \
+         {}-{system}.tar.gz there (bake it into the runner image or mount a volume, and point {var} at \
+         the parent directory); the runner also needs the gnark prover (a build with sp1's native-gnark \
+         feature). SP1_CIRCUIT_MODE=dev builds throwaway test circuits whose proofs verify only against them.",
+        sp1_prover::SP1_CIRCUIT_VERSION,
+        dir.display(),
+        sp1_prover::SP1_CIRCUIT_VERSION,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_circuits_are_explained() {
+        std::env::set_var("SP1_PLONK_CIRCUIT_PATH", "/nonexistent/proofjobs-circuits");
+        let err = check_circuit_artifacts("plonk").unwrap_err();
+        assert!(err.contains("/nonexistent/proofjobs-circuits"), "{err}");
+        assert!(err.contains("SP1_PLONK_CIRCUIT_PATH"), "{err}");
+    }
+}

@@ -1,0 +1,258 @@
+//! Shared test harness: a fresh database per test on the real PostgreSQL and Redis that
+//! `scripts/services.sh` starts, the real api / dispatcher / task-runner / proofctl binaries as
+//! processes, and the stock sp1-sdk verifier. Heavy proving tests take [`prover_lock`] so only one
+//! SP1 prover runs at a time (two do not fit in 24 GiB).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use proofjobs_api::proto::{prover_service_client::ProverServiceClient, GetRequest, Proof};
+use tonic::transport::Channel;
+
+pub use proofjobs_guests::{fibonacci_n_for_cycles, FIBONACCI_ELF, MEMTRAFFIC_ELF};
+
+/// Serialises the tests that run an SP1 prover.
+pub async fn prover_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt().with_env_filter("info,sqlx=warn").with_test_writer().try_init();
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: these tests need the real services; run `eval \"$(scripts/services.sh start)\"` first (the README's test command does)")
+    })
+}
+
+/// The directory holding the workspace's binaries (target/<profile>).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test binary>
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.is_file(), "{} is missing: build the workspace's binaries first (cargo build --release --workspace)", path.display());
+    path
+}
+
+/// A database of its own for one test, created on the shared server and migrated.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Result<TestDb> {
+        let admin = required_env("DATABASE_URL");
+        let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+        let pool = sqlx::PgPool::connect(&admin).await?;
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await?;
+        pool.close().await;
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+        let url = format!("{base}/{name}");
+        let db = proofjobs_pipeline::state::Db::connect(&url, 4).await?;
+        db.migrate().await?;
+        db.pool().close().await;
+        Ok(TestDb { url, name })
+    }
+
+    pub async fn db(&self) -> proofjobs_pipeline::state::Db {
+        proofjobs_pipeline::state::Db::connect(&self.url, 4).await.unwrap()
+    }
+}
+
+pub fn redis_url() -> String {
+    required_env("REDIS_URL")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process that is killed (with its process group) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(program: &Path, args: &[&str], env: &[(&str, String)], log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        Proc { child, log }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// api + dispatcher (local backend) of a one-machine cluster, on a database of its own.
+pub struct Cluster {
+    pub db: TestDb,
+    pub endpoint: String,
+    pub store_url: String,
+    pub api: Proc,
+    pub dispatcher: Option<Proc>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `store_url` None = Redis (the cluster default). `extra_api_env` tunes limits.
+    pub async fn start(store_url: Option<String>, extra_api_env: &[(&str, String)]) -> Result<Cluster> {
+        let db = TestDb::create().await?;
+        let dir = tempfile::tempdir()?;
+        let store_url = store_url.unwrap_or_else(redis_url);
+        let port = free_port();
+        let mut env = vec![
+            ("DATABASE_URL", db.url.clone()),
+            ("PROOFJOBS_ARTIFACT_STORE", store_url.clone()),
+            ("PROOFJOBS_API_ADDR", format!("127.0.0.1:{port}")),
+        ];
+        env.extend(extra_api_env.iter().cloned());
+        let api = Proc::spawn(&bin("proofjobs-api"), &[], &env, dir.path().join("api.log"));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut cluster = Cluster { db, endpoint, store_url, api, dispatcher: None, dir };
+        cluster.start_dispatcher();
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    pub fn start_dispatcher(&mut self) {
+        let env = vec![
+            ("DATABASE_URL", self.db.url.clone()),
+            ("PROOFJOBS_ARTIFACT_STORE", self.store_url.clone()),
+            ("PROOFJOBS_TASK_RUNNER", bin("task-runner").display().to_string()),
+            ("PROOFJOBS_LOG_DIR", self.dir.path().join("runners").display().to_string()),
+        ];
+        let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
+        self.dispatcher = Some(Proc::spawn(&bin("proofjobs-dispatcher"), &[], &env, self.dir.path().join(format!("dispatcher-{n}.log"))));
+    }
+
+    pub fn kill_dispatcher(&mut self) {
+        if let Some(mut d) = self.dispatcher.take() {
+            d.kill();
+        }
+    }
+
+    async fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = Channel::from_shared(self.endpoint.clone())?.connect().await {
+                drop(channel);
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "api did not come up: {}", self.api.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn client(&self) -> ProverServiceClient<Channel> {
+        ProverServiceClient::connect(self.endpoint.clone()).await.unwrap().max_decoding_message_size(64 << 20)
+    }
+
+    pub fn runner_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("runners")) {
+            for entry in entries.flatten() {
+                out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        out
+    }
+}
+
+impl Cluster {
+    /// Pids of runner processes still alive for this cluster.
+    pub async fn live_runner_pids(&self) -> Vec<i32> {
+        let db = self.db.db().await;
+        let handles: Vec<String> = sqlx::query_scalar("SELECT handle FROM runners")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        handles.iter().filter_map(|h| h.parse::<i32>().ok()).filter(|pid| pid_alive(*pid)).collect()
+    }
+
+    /// Stop the dispatcher and any runner it left (runners live in their own process groups).
+    pub async fn shutdown(mut self) {
+        self.kill_dispatcher();
+        for pid in self.live_runner_pids().await {
+            // SAFETY: signalling a process group we started.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Is `pid` a live (not zombie) task-runner?
+pub fn pid_alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let running = stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z'));
+    running && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("task-runner"))
+}
+
+pub fn fibonacci_stdin(n: u64) -> Vec<u8> {
+    let mut stdin = sp1_sdk::SP1Stdin::new();
+    stdin.write(&n);
+    bincode::serialize(&stdin).unwrap()
+}
+
+/// Poll Get until the proof is terminal.
+pub async fn wait_finished(client: &mut ProverServiceClient<Channel>, id: &str, timeout: Duration) -> Result<Proof> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let proof = client.get(GetRequest { proof_id: id.to_string() }).await?.into_inner();
+        if matches!(proof.status.as_str(), "completed" | "failed" | "cancelled") {
+            return Ok(proof);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "proof {id} still {} after {timeout:?}", proof.status);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Verify with the stock sp1-sdk verifier; also check that a tampered copy and a check against
+/// another program's key are both rejected.
+pub async fn verify_strictly(elf: &[u8], other_elf: &[u8], proof_path: &Path) -> Result<sp1_sdk::SP1ProofWithPublicValues> {
+    use sp1_sdk::{Prover, ProvingKey};
+    let proof = sp1_sdk::SP1ProofWithPublicValues::load(proof_path).context("loading the proof file")?;
+    let client = sp1_sdk::ProverClient::builder().light().build().await;
+    let pk = client.setup(elf.to_vec().into()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    client.verify(&proof, pk.verifying_key(), None).map_err(|e| anyhow::anyhow!("genuine proof rejected: {e}"))?;
+
+    let mut tampered = proof.clone();
+    let mut bytes = tampered.public_values.to_vec();
+    anyhow::ensure!(!bytes.is_empty(), "proof has no public values to tamper with");
+    bytes[0] ^= 1;
+    tampered.public_values = sp1_sdk::SP1PublicValues::from(bytes.as_slice());
+    anyhow::ensure!(client.verify(&tampered, pk.verifying_key(), None).is_err(), "a tampered proof was accepted");
+
+    let other = client.setup(other_elf.to_vec().into()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(client.verify(&proof, other.verifying_key(), None).is_err(), "the proof verified against another program's key");
+    Ok(proof)
+}

@@ -1,0 +1,192 @@
+//! Real SP1 proofs through the whole pipeline, verified with the stock sp1-sdk verifier. Each
+//! test holds the prover lock: one SP1 prover at a time.
+
+use std::{path::Path, time::{Duration, Instant}};
+
+use proofjobs_api::proto::{submit_request::Part, GetProofRequest, GetRequest, SubmitHeader, SubmitRequest, WatchRequest};
+use proofjobs_tests::*;
+use sp1_prover_types::cluster::{
+    cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest, ProofRequestGetRequest, ProofRequestStatus,
+};
+
+const PROOF_TIMEOUT: Duration = Duration::from_secs(1200);
+
+fn write_inputs(dir: &Path, n: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let elf = dir.join("fibonacci.elf");
+    std::fs::write(&elf, FIBONACCI_ELF).unwrap();
+    let stdin = dir.join("stdin.bin");
+    std::fs::write(&stdin, fibonacci_stdin(n)).unwrap();
+    (elf, stdin)
+}
+
+/// The README's main job: `proofctl prove` with no --api, for core and compressed proofs.
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_core_and_compressed_proofs_verify_with_sp1_sdk() {
+    init_tracing();
+    let _prover = prover_lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = fibonacci_n_for_cycles(100_000);
+    let (elf, stdin) = write_inputs(dir.path(), n);
+    for mode in ["core", "compressed"] {
+        let out = dir.path().join(format!("{mode}.proof"));
+        let started = Instant::now();
+        let result = std::process::Command::new(bin("proofctl"))
+            .args(["prove", "--elf"])
+            .arg(&elf)
+            .arg("--stdin")
+            .arg(&stdin)
+            .args(["--mode", mode, "--quiet", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            result.status.success(),
+            "proofctl prove --mode {mode} failed:\n{}\n{}",
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+        eprintln!("embedded {mode} proof in {:.0} s", started.elapsed().as_secs_f64());
+        let proof = verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &out).await.unwrap();
+        assert_eq!(proof.public_values.to_vec(), proofjobs_guests::fibonacci_public_values(n));
+        let expected = if mode == "core" { "Core" } else { "Compressed" };
+        assert!(format!("{:?}", proof.proof).starts_with(expected), "{mode} proof is {}", format!("{:?}", proof.proof).chars().take(20).collect::<String>());
+    }
+}
+
+/// One-machine cluster over gRPC; the dispatcher is killed mid-proof and restarted. The proof
+/// completes, finished stages are not redone, no twin runner is started, and Watch reported every
+/// stage starting and finishing.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_proof_survives_a_dispatcher_restart() {
+    init_tracing();
+    let _prover = prover_lock().await;
+    let mut cluster = Cluster::start(None, &[]).await.unwrap();
+    let n = fibonacci_n_for_cycles(100_000);
+    let stdin = fibonacci_stdin(n);
+    let mut client = cluster.client().await;
+    let messages = vec![
+        SubmitRequest {
+            part: Some(Part::Header(SubmitHeader {
+                mode: "core".into(),
+                program_size: FIBONACCI_ELF.len() as u64,
+                stdin_size: stdin.len() as u64,
+                ..Default::default()
+            })),
+        },
+        SubmitRequest { part: Some(Part::ProgramChunk(FIBONACCI_ELF.to_vec())) },
+        SubmitRequest { part: Some(Part::StdinChunk(stdin)) },
+    ];
+    let id = client.submit(futures::stream::iter(messages)).await.unwrap().into_inner().proof_id;
+
+    // Collect every Watch update in the background.
+    let mut watch = cluster.client().await.watch(WatchRequest { proof_id: id.clone() }).await.unwrap().into_inner();
+    let updates = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(update)) = watch.message().await {
+            all.push(update);
+        }
+        all
+    });
+
+    // Wait for setup to finish and shard proving to start, then kill the dispatcher.
+    let started = Instant::now();
+    loop {
+        let p = client.get(GetRequest { proof_id: id.clone() }).await.unwrap().into_inner();
+        let stage = |name: &str| p.stages.iter().find(|s| s.stage == name).cloned().unwrap();
+        if stage("setup").state == "done" && stage("prove-core").total > 0 {
+            break;
+        }
+        assert_ne!(p.status, "failed", "{}", p.failure_cause);
+        assert!(started.elapsed() < PROOF_TIMEOUT, "setup never finished:\n{}", cluster.runner_logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let runners_before = cluster.live_runner_pids().await;
+    cluster.kill_dispatcher();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(cluster.live_runner_pids().await, runners_before, "runners keep working while the dispatcher is down");
+    cluster.start_dispatcher();
+
+    let proof = wait_finished(&mut client, &id, PROOF_TIMEOUT).await.unwrap();
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, cluster.runner_logs());
+    let setup = proof.stages.iter().find(|s| s.stage == "setup").unwrap();
+    assert_eq!((setup.done, setup.total), (1, 1), "setup was redone");
+    let db = cluster.db.db().await;
+    let runners: i64 = sqlx::query_scalar("SELECT count(*) FROM runners WHERE proof_id = $1").bind(&id).fetch_one(db.pool()).await.unwrap();
+    assert_eq!(runners, 1, "a twin runner was started after the restart");
+
+    let updates = updates.await.unwrap();
+    for stage in ["execute", "setup", "prove-core"] {
+        let states: Vec<&str> =
+            updates.iter().filter_map(|u| u.stages.iter().find(|s| s.stage == stage)).map(|s| s.state.as_str()).collect();
+        assert!(states.contains(&"running"), "Watch never showed {stage} running: {states:?}");
+        assert_eq!(states.last(), Some(&"done"), "Watch never showed {stage} done: {states:?}");
+    }
+    assert_eq!(updates.last().unwrap().status, "completed");
+
+    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let path = cluster.dir.path().join("grpc.proof");
+    std::fs::write(&path, bytes).unwrap();
+    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    cluster.shutdown().await;
+}
+
+/// An sp1-cluster client, unchanged: uploads program and stdin to Redis in sp1-cluster's layout,
+/// calls ProofRequestCreate, polls ProofRequestGet, reads the proof from Redis.
+#[tokio::test(flavor = "multi_thread")]
+async fn sp1_cluster_client_gets_a_verifying_proof() {
+    init_tracing();
+    let _prover = prover_lock().await;
+    let cluster = Cluster::start(None, &[]).await.unwrap();
+    let redis = redis::Client::open(redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let (program_id, stdin_id, proof_artifact) =
+        (format!("artifact_p{suffix}"), format!("artifact_s{suffix}"), format!("artifact_o{suffix}"));
+    let n = fibonacci_n_for_cycles(100_000);
+    let program = zstd::encode_all(bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap().as_slice(), 0).unwrap();
+    let stdin = zstd::encode_all(fibonacci_stdin(n).as_slice(), 0).unwrap();
+    redis::cmd("SET").arg(&program_id).arg(program).query_async::<()>(&mut conn).await.unwrap();
+    redis::cmd("SET").arg(&stdin_id).arg(stdin).query_async::<()>(&mut conn).await.unwrap();
+
+    let mut client = ClusterServiceClient::connect(cluster.endpoint.clone()).await.unwrap();
+    let proof_id = format!("cli_{suffix}");
+    let deadline = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    client
+        .proof_request_create(ProofRequestCreateRequest {
+            proof_id: proof_id.clone(),
+            program_artifact_id: program_id,
+            stdin_artifact_id: stdin_id,
+            options_artifact_id: Some("1".into()),
+            proof_artifact_id: Some(proof_artifact.clone()),
+            deadline,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let request = loop {
+        let r = client.proof_request_get(ProofRequestGetRequest { proof_id: proof_id.clone() }).await.unwrap().into_inner();
+        let r = r.proof_request.expect("the request exists");
+        if r.proof_status != ProofRequestStatus::Pending as i32 {
+            break r;
+        }
+        assert!(started.elapsed() < PROOF_TIMEOUT, "still pending:\n{}", cluster.runner_logs());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(request.proof_status, ProofRequestStatus::Completed as i32, "{:?}\n{}", request.extra_data, cluster.runner_logs());
+    assert!(request.execution_result.unwrap().cycles > 0);
+
+    // Read the proof the way sp1-cluster clients do: plain zstd, then bincode.
+    let stored: Vec<u8> = redis::cmd("GET").arg(&proof_artifact).query_async(&mut conn).await.unwrap();
+    let proof: sp1_prover::worker::ProofFromNetwork = bincode::deserialize(&zstd::decode_all(stored.as_slice()).unwrap()).unwrap();
+    let path = cluster.dir.path().join("cluster.proof");
+    sp1_sdk::SP1ProofWithPublicValues { proof: proof.proof, public_values: proof.public_values, sp1_version: proof.sp1_version, tee_proof: None }
+        .save(&path)
+        .unwrap();
+    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    cluster.shutdown().await;
+}
