@@ -100,15 +100,17 @@ impl WorkerClient for PgBus {
         let proof = proof_id.to_string();
         tokio::spawn(async move {
             let mut watched: HashSet<String> = HashSet::new();
+            // The subscribing side may drop its sender once it has named every task it cares
+            // about (the SP1 compress tree does); those tasks are still reported until done.
+            let mut more_to_come = true;
             loop {
-                // Take every newly watched id, then report the ones that have finished.
-                loop {
+                while more_to_come {
                     match watch_rx.try_recv() {
                         Ok(id) => {
                             watched.insert(id.to_string());
                         }
                         Err(mpsc::error::TryRecvError::Empty) => break,
-                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                        Err(mpsc::error::TryRecvError::Disconnected) => more_to_come = false,
                     }
                 }
                 if !watched.is_empty() {
@@ -127,10 +129,13 @@ impl WorkerClient for PgBus {
                         Err(e) => tracing::warn!("subscriber for {proof}: {e:#}"),
                     }
                 }
+                if (!more_to_come && watched.is_empty()) || status_tx.is_closed() {
+                    return;
+                }
                 tokio::select! {
-                    id = watch_rx.recv() => match id {
+                    id = watch_rx.recv(), if more_to_come => match id {
                         Some(id) => { watched.insert(id.to_string()); }
-                        None => return,
+                        None => more_to_come = false,
                     },
                     _ = crate::state::wait_for(&mut wake, Some(&proof), RECHECK) => {}
                 }
@@ -144,6 +149,8 @@ impl WorkerClient for PgBus {
         let db = self.inner.db.clone();
         let mut wake = self.inner.notifications.subscribe();
         let task = task_id.to_string();
+        // Wake-ups are per proof; a reader that cannot tell its proof yet re-reads on the timer.
+        let proof = self.inner.db.task_proof_id(&task).await.ok().flatten();
         tokio::spawn(async move {
             let mut last = 0i64;
             loop {
@@ -173,7 +180,7 @@ impl WorkerClient for PgBus {
                 if tx.is_closed() {
                     return;
                 }
-                crate::state::wait_for(&mut wake, None, Duration::from_millis(250)).await;
+                crate::state::wait_for(&mut wake, Some(proof.as_deref().unwrap_or("")), RECHECK).await;
             }
         });
         Ok(rx)

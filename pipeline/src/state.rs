@@ -580,6 +580,10 @@ impl Db {
         Ok(lost.len() as u64)
     }
 
+    pub async fn task_proof_id(&self, task_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT proof_id FROM tasks WHERE id = $1").bind(task_id).fetch_optional(&self.pool).await?)
+    }
+
     // ---- task messages ----
 
     pub async fn send_message(&self, task_id: &str, payload: &[u8]) -> Result<()> {

@@ -63,6 +63,7 @@ struct Row {
     mode: String,
     pipeline_s: f64,
     pipeline_rss_kb: u64,
+    runner_init_s: Option<f64>,
     sdk: Option<serde_json::Value>,
 }
 
@@ -88,7 +89,8 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool) -> Result<()> {
             quiet: true,
         };
         let started = Instant::now();
-        let proof = crate::prove_embedded(&args, false).await?;
+        let run = crate::prove_embedded_measured(&args, false).await?;
+        let proof = run.proof;
         let pipeline_s = started.elapsed().as_secs_f64();
         anyhow::ensure!(proof.status == "completed", "pipeline proof {}: {}", proof.status, proof.failure_cause);
         cycles = proof.cycles;
@@ -105,23 +107,24 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool) -> Result<()> {
         } else {
             None
         };
-        rows.push(Row { mode: mode.to_string(), pipeline_s, pipeline_rss_kb, sdk });
+        rows.push(Row { mode: mode.to_string(), pipeline_s, pipeline_rss_kb, runner_init_s: run.worker_init_secs, sdk });
     }
     println!("fibonacci n={n} ({cycles} cycles), {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("| mode | proofjobs embedded (s) | sp1-sdk direct (s) | ratio | proofjobs peak RSS (GB) | sp1-sdk peak RSS (GB) | sp1-sdk prover init (s) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| mode | proofjobs embedded (s) | sp1-sdk direct (s) | ratio | proofjobs peak RSS (GB) | sp1-sdk peak RSS (GB) | runner prover init (s) | sp1-sdk prover init (s) |");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
         let sdk_s = row.sdk.as_ref().and_then(|v| v["total_s"].as_f64());
         let sdk_rss = row.sdk.as_ref().and_then(|v| v["peak_rss_kb"].as_u64());
         let sdk_init = row.sdk.as_ref().and_then(|v| v["init_s"].as_f64());
         println!(
-            "| {} | {:.1} | {} | {} | {:.1} | {} | {} |",
+            "| {} | {:.1} | {} | {} | {:.1} | {} | {} | {} |",
             row.mode,
             row.pipeline_s,
             sdk_s.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
             sdk_s.map(|s| format!("{:.2}x", row.pipeline_s / s)).unwrap_or("-".into()),
             row.pipeline_rss_kb as f64 / 1e6,
             sdk_rss.map(|k| format!("{:.1}", k as f64 / 1e6)).unwrap_or("-".into()),
+            row.runner_init_s.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
             sdk_init.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
         );
     }

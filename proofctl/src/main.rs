@@ -223,7 +223,17 @@ async fn prove_remote(api: &str, args: &ProveArgs) -> Result<Proof> {
     Ok(proof)
 }
 
+/// An embedded proof, and how long its runner took to build the SP1 worker (from its log).
+pub struct EmbeddedRun {
+    pub proof: Proof,
+    pub worker_init_secs: Option<f64>,
+}
+
 pub async fn prove_embedded(args: &ProveArgs, keep: bool) -> Result<Proof> {
+    Ok(prove_embedded_measured(args, keep).await?.proof)
+}
+
+pub async fn prove_embedded_measured(args: &ProveArgs, keep: bool) -> Result<EmbeddedRun> {
     let (program, stdin) = inputs::load(&args.elf, args.stdin.as_deref())?;
     let env = embedded::Embedded::start(keep).await.context("starting embedded mode")?;
     let endpoint = env.endpoint.clone();
@@ -245,8 +255,19 @@ pub async fn prove_embedded(args: &ProveArgs, keep: bool) -> Result<Proof> {
     if keep {
         eprintln!("embedded: state kept in {}", env.dir.display());
     }
+    let worker_init_secs = worker_init_secs(&logs);
     env.shutdown().await;
-    outcome
+    Ok(EmbeddedRun { proof: outcome?, worker_init_secs })
+}
+
+/// The runner logs `SP1 worker ready secs=<s>` once it has built its provers.
+fn worker_init_secs(log_dir: &std::path::Path) -> Option<f64> {
+    let entries = std::fs::read_dir(log_dir).ok()?;
+    entries.flatten().find_map(|entry| {
+        let text = std::fs::read_to_string(entry.path()).ok()?;
+        let line = text.lines().find(|l| l.contains("SP1 worker ready"))?;
+        line.split("secs=").nth(1)?.split_whitespace().next()?.parse().ok()
+    })
 }
 
 fn report(proof: &Proof, args: &ProveArgs) -> Result<()> {

@@ -42,6 +42,7 @@ fn main() {
                 .unwrap_or_else(|_| "info,sp1_prover=warn,sp1_core_machine=warn,sp1_core_executor=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = match Args::try_parse() {
         Ok(args) => args,

@@ -217,6 +217,16 @@ pub fn pid_alive(pid: i32) -> bool {
     running && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("task-runner"))
 }
 
+/// Store `bincode_bytes` under `id` the way an sp1-cluster client does: plain zstd, no checksum.
+pub async fn put_like_sp1_cluster(conn: &mut redis::aio::MultiplexedConnection, id: &str, bincode_bytes: &[u8]) {
+    let value = zstd::encode_all(bincode_bytes, 0).unwrap();
+    redis::cmd("SET").arg(id).arg(value).query_async::<()>(conn).await.unwrap();
+}
+
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
 pub fn fibonacci_stdin(n: u64) -> Vec<u8> {
     let mut stdin = sp1_sdk::SP1Stdin::new();
     stdin.write(&n);

@@ -224,16 +224,12 @@ fn task_runner_exit_codes_follow_the_contract() {
 async fn an_undecodable_stdin_uploaded_by_a_cluster_client_fails_the_proof_with_exit_65() {
     init_tracing();
     let cluster = Cluster::start(None, &[]).await.unwrap();
-    let redis = redis::Client::open(redis_url()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_connection().await;
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     let program_id = format!("artifact_prog_{suffix}");
     let stdin_id = format!("artifact_stdin_{suffix}");
-    // sp1-cluster's layout: zstd(bincode(value)) under the artifact id.
-    let program = zstd::encode_all(bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap().as_slice(), 0).unwrap();
-    let stdin = zstd::encode_all(&b"\xff\xff\xff\xff\xff\xff\xff\xffnot an SP1Stdin"[..], 0).unwrap();
-    redis::cmd("SET").arg(&program_id).arg(program).query_async::<()>(&mut conn).await.unwrap();
-    redis::cmd("SET").arg(&stdin_id).arg(stdin).query_async::<()>(&mut conn).await.unwrap();
+    put_like_sp1_cluster(&mut conn, &program_id, &bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap()).await;
+    put_like_sp1_cluster(&mut conn, &stdin_id, b"\xff\xff\xff\xff\xff\xff\xff\xffnot an SP1Stdin").await;
     let mut client = ClusterServiceClient::connect(cluster.endpoint.clone()).await.unwrap();
     let proof_id = format!("cli_badstdin_{suffix}");
     client
@@ -258,5 +254,27 @@ async fn an_undecodable_stdin_uploaded_by_a_cluster_client_fails_the_proof_with_
         .await
         .unwrap();
     assert_eq!(codes, vec![Some(65)], "one runner, exit 65, no retry");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_idempotency_key_returns_the_first_proof() {
+    init_tracing();
+    let cluster = Cluster::start(None, &[]).await.unwrap();
+    let mut client = cluster.client().await;
+    let key = format!("key-{}", uuid::Uuid::now_v7().simple());
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut messages = submit_messages("execute", FIBONACCI_ELF, &fibonacci_stdin(10), 0, 0);
+        if let Some(Part::Header(h)) = messages[0].part.as_mut() {
+            h.idempotency_key = key.clone();
+        }
+        let r = client.submit(futures::stream::iter(messages)).await.unwrap().into_inner();
+        ids.push((r.proof_id, r.created));
+    }
+    assert!(ids[0].1, "the first submission creates the proof");
+    assert_eq!(ids[1], (ids[0].0.clone(), false), "the second returns the first");
+    let listed = client.list(ListRequest::default()).await.unwrap().into_inner().proofs;
+    assert_eq!(listed.len(), 1);
     cluster.shutdown().await;
 }

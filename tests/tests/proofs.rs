@@ -141,16 +141,13 @@ async fn sp1_cluster_client_gets_a_verifying_proof() {
     init_tracing();
     let _prover = prover_lock().await;
     let cluster = Cluster::start(None, &[]).await.unwrap();
-    let redis = redis::Client::open(redis_url()).unwrap();
-    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis_connection().await;
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     let (program_id, stdin_id, proof_artifact) =
         (format!("artifact_p{suffix}"), format!("artifact_s{suffix}"), format!("artifact_o{suffix}"));
     let n = fibonacci_n_for_cycles(100_000);
-    let program = zstd::encode_all(bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap().as_slice(), 0).unwrap();
-    let stdin = zstd::encode_all(fibonacci_stdin(n).as_slice(), 0).unwrap();
-    redis::cmd("SET").arg(&program_id).arg(program).query_async::<()>(&mut conn).await.unwrap();
-    redis::cmd("SET").arg(&stdin_id).arg(stdin).query_async::<()>(&mut conn).await.unwrap();
+    put_like_sp1_cluster(&mut conn, &program_id, &bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap()).await;
+    put_like_sp1_cluster(&mut conn, &stdin_id, &fibonacci_stdin(n)).await;
 
     let mut client = ClusterServiceClient::connect(cluster.endpoint.clone()).await.unwrap();
     let proof_id = format!("cli_{suffix}");

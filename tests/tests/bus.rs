@@ -1,0 +1,88 @@
+//! The task bus (sp1's WorkerClient on PostgreSQL) against a real database: the delivery rules
+//! the SP1 controller relies on.
+
+use std::time::Duration;
+
+use proofjobs_pipeline::{
+    bus::PgBus,
+    ids,
+    stage::{Mode, Stage},
+    state::{Notifications, NewProof, NewTask},
+};
+use proofjobs_tests::*;
+use sp1_prover::worker::{ProofId, TaskId, TaskMetadata, WorkerClient};
+use sp1_prover_types::{TaskStatus, TaskType};
+
+async fn bus_with_task() -> (TestDb, PgBus, String, String) {
+    let test_db = TestDb::create().await.unwrap();
+    let db = test_db.db().await;
+    let proof_id = ids::new_proof_id();
+    let task = NewTask {
+        id: ids::new_task_id(),
+        task_type: TaskType::CoreExecute as i32,
+        stage: Some(Stage::Execute),
+        inputs: vec![],
+        outputs: vec![],
+        parent_id: None,
+        requester: String::new(),
+    };
+    let proof = NewProof {
+        id: proof_id.clone(),
+        mode: Mode::Core,
+        program_artifact: "p".into(),
+        stdin_artifact: "s".into(),
+        proof_artifact: "o".into(),
+        cycle_limit: None,
+        deadline: chrono::Utc::now() + chrono::Duration::hours(1),
+        idempotency_key: None,
+        requester: vec![],
+        gas_limit: None,
+        scheduled_by: None,
+        stdin_private: false,
+    };
+    db.insert_proof(&proof, &task).await.unwrap();
+    let notifications = Notifications::listen(&db).await.unwrap();
+    (test_db, PgBus::new(db, notifications), proof_id, task.id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_subscriber_reports_tasks_named_before_its_sender_was_dropped() {
+    let (_db, bus, proof_id, task_id) = bus_with_task().await;
+    let (subscriber, mut events) = bus.subscriber(ProofId::new(proof_id.clone())).await.unwrap().stream();
+    subscriber.subscribe(TaskId::new(task_id.clone())).unwrap();
+    // The SP1 compress tree drops its subscriber once every shard task is named.
+    drop(subscriber);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bus.complete_task(ProofId::new(proof_id), TaskId::new(task_id.clone()), TaskMetadata::default()).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("no event").expect("stream ended");
+    assert_eq!(event, (TaskId::new(task_id), TaskStatus::Succeeded));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn task_messages_arrive_in_order_and_the_stream_ends_with_the_task() {
+    let (_db, bus, proof_id, task_id) = bus_with_task().await;
+    let task = TaskId::new(task_id.clone());
+    bus.send_task_message(&task, b"one".to_vec()).await.unwrap();
+    let mut rx = bus.subscribe_task_messages(&task).await.unwrap();
+    bus.send_task_message(&task, b"two".to_vec()).await.unwrap();
+    bus.send_task_message(&task, b"three".to_vec()).await.unwrap();
+    bus.complete_task(ProofId::new(proof_id), task.clone(), TaskMetadata::default()).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("stream did not end") {
+        got.push(m);
+    }
+    assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_is_claimed_once_and_a_lost_runner_gives_it_back() {
+    let (test_db, _bus, proof_id, task_id) = bus_with_task().await;
+    let db = test_db.db().await;
+    let first = db.claim_task(&proof_id, &[Stage::Execute], "runner_a").await.unwrap().expect("claimable");
+    assert_eq!(first.id, task_id);
+    assert!(db.claim_task(&proof_id, &[Stage::Execute], "runner_b").await.unwrap().is_none(), "claimed twice");
+    assert!(db.claim_task(&proof_id, &[Stage::ProveCore], "runner_b").await.unwrap().is_none(), "wrong stage");
+    assert_eq!(db.requeue_runner_tasks("runner_a").await.unwrap(), 1);
+    let again = db.claim_task(&proof_id, &[Stage::Execute], "runner_b").await.unwrap().expect("requeued");
+    assert_eq!((again.id, again.attempts), (task_id, 2));
+}
