@@ -89,7 +89,7 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool) -> Result<()> {
             quiet: true,
         };
         let started = Instant::now();
-        let run = crate::prove_embedded_measured(&args, false).await?;
+        let run = crate::prove_embedded_measured(&args, std::env::var_os("PROOFJOBS_BENCH_KEEP").is_some()).await?;
         let proof = run.proof;
         let pipeline_s = started.elapsed().as_secs_f64();
         anyhow::ensure!(proof.status == "completed", "pipeline proof {}: {}", proof.status, proof.failure_cause);
