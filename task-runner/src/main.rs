@@ -24,6 +24,12 @@ pub struct Args {
     /// This runner's id (the dispatcher names it; generated when absent).
     #[arg(long, env = "PROOFJOBS_RUNNER_ID")]
     pub runner_id: Option<String>,
+    /// The backend name this runner's row is recorded under (`kubernetes-pod` inside a Job).
+    #[arg(long, env = "PROOFJOBS_RUNNER_BACKEND", default_value = "local")]
+    pub runner_backend: String,
+    /// What identifies this runner's process to its backend (the Job name in a pod; default: pid).
+    #[arg(long, env = "PROOFJOBS_RUNNER_HANDLE")]
+    pub runner_handle: Option<String>,
     /// PostgreSQL URL of the proofjobs state.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,

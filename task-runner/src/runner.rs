@@ -39,8 +39,8 @@ pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
             return exit::TRANSIENT;
         }
     };
-    let handle = std::process::id().to_string();
-    if let Err(e) = db.register_runner(&runner_id, &args.proof, &stages, "local", &handle).await {
+    let handle = args.runner_handle.clone().unwrap_or_else(|| std::process::id().to_string());
+    if let Err(e) = db.register_runner(&runner_id, &args.proof, &stages, &args.runner_backend, &handle).await {
         tracing::error!("registering runner: {e:#}");
         return exit::TRANSIENT;
     }
@@ -61,7 +61,8 @@ pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
 
     let bus = PgBus::new(db.clone(), notifications.clone());
     let ctx = Arc::new(TaskContext::new(runner_id.clone(), stages.clone(), db.clone(), store, bus));
-    let code = claim_loop(&args, &stages, &runner_id, &db, &notifications, ctx).await;
+    let code = claim_loop(&args, &stages, &runner_id, &db, &notifications, ctx.clone()).await;
+    let code = if ctx.found_bad_input() { exit::BAD_INPUT } else { code };
     heartbeat.abort();
     let error = db.runner_error(&runner_id).await.ok().flatten();
     if let Err(e) = db.runner_exited(&runner_id, Some(code), error.as_deref()).await {

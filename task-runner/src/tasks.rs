@@ -1,7 +1,10 @@
 //! What one claimed task does, by SP1 task type. The SP1 worker (provers, keys, recursion
 //! programs) is built on first need only: a runner that only executes a program never pays for it.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::{atomic::{AtomicBool, Ordering}, Arc},
+};
 
 use proofjobs_pipeline::{
     artifacts::ArtifactStore,
@@ -37,11 +40,18 @@ pub struct TaskContext {
     store: ArtifactStore,
     bus: PgBus,
     worker: OnceCell<Worker>,
+    /// Set before the proof is failed for bad input, so the exit code says 65 even when the
+    /// dispatcher's SIGTERM (sent because the proof just ended) wins the race with our own exit.
+    found_bad_input: AtomicBool,
 }
 
 impl TaskContext {
     pub fn new(runner_id: String, stages: Vec<Stage>, db: Db, store: ArtifactStore, bus: PgBus) -> TaskContext {
-        TaskContext { runner_id, stages, db, store, bus, worker: OnceCell::new() }
+        TaskContext { runner_id, stages, db, store, bus, worker: OnceCell::new(), found_bad_input: AtomicBool::new(false) }
+    }
+
+    pub fn found_bad_input(&self) -> bool {
+        self.found_bad_input.load(Ordering::SeqCst)
     }
 
     async fn worker(&self) -> anyhow::Result<&Worker> {
@@ -76,6 +86,7 @@ impl TaskContext {
             }
             Err(Failure::BadInput(reason)) => {
                 tracing::error!(task = %task.id, "bad input: {reason}");
+                self.found_bad_input.store(true, Ordering::SeqCst);
                 let _ = self.db.fail_task(&task.id, &reason, false).await;
                 let _ = self.db.finish_proof(&task.proof_id, ProofStatus::Failed, Some(&reason), None, None).await;
                 let _ = self.db.set_runner_error(&self.runner_id, &reason).await;
