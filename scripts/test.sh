@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what is missing, starts the real services (PostgreSQL, Redis),
-# builds every binary the tests run as processes, and runs all tests. Heavy proving tests
+# The whole test suite: installs what is missing, starts the real services (PostgreSQL, Redis,
+# and a real Kubernetes control plane — built from the Go module proxy on first use and cached in
+# ~/.cache/proofjobs/k8s), builds every binary the tests run as processes, and runs all tests. Heavy proving tests
 # serialise themselves (one SP1 prover at a time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
 eval "$(scripts/services.sh start)"
-trap 'scripts/services.sh stop' EXIT
+trap 'tests/k8s/cluster.sh reset; scripts/services.sh stop' EXIT
+started=$(date +%s)
+eval "$(tests/k8s/cluster.sh start)"
+echo "control plane up in $(( $(date +%s) - started )) s (includes its build when not cached)" >&2
 cargo build --release --workspace --bins
 cargo test --release --workspace --no-fail-fast "$@"

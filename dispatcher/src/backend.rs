@@ -2,7 +2,10 @@
 //! one, and report which ended. The local backend uses child processes; the Kubernetes backend
 //! uses Jobs. Both read their runner's fate from the exit-code contract.
 
-use proofjobs_pipeline::{stage::Stage, state::RunnerRow};
+use std::{sync::Arc, time::Duration};
+
+use proofjobs_pipeline::{ids, stage::Stage, state::RunnerRow};
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone)]
 pub struct RunnerSpec {
@@ -20,10 +23,35 @@ pub struct Ended {
     pub exit_code: Option<i32>,
 }
 
+/// The work a live runner group has, for its progress view and how far it may grow.
+#[derive(Debug, Clone, Default)]
+pub struct GroupLoad {
+    pub done: i64,
+    pub total: i64,
+    /// Tasks pending or running.
+    pub open: i64,
+    /// Tasks one runner of the group works on at once.
+    pub concurrency: usize,
+}
+
 #[allow(async_fn_in_trait)]
 pub trait Backend: Send + Sync + 'static {
     /// The name recorded on runner rows, so each backend adopts only its own runners.
     fn name(&self) -> &'static str;
+    /// The id of a group's `attempt`-th runner. Kubernetes makes it the deterministic Job name,
+    /// so a restarted dispatcher re-creating it finds the Job instead of a twin.
+    fn runner_id(&self, _proof_id: &str, _stages: &[Stage], _attempt: u32) -> String {
+        ids::new_runner_id()
+    }
+    /// Woken when the backend's world changes (a watch event), besides the database's notifications.
+    fn changed(&self) -> Option<Arc<Notify>> {
+        None
+    }
+    /// Keep a live runner group in step with its load (progress shown to operators, parallelism).
+    /// Returns how long its pods have waited for capacity, when they are waiting.
+    fn observe(&self, _runner: &RunnerRow, _load: &GroupLoad) -> impl std::future::Future<Output = anyhow::Result<Option<Duration>>> + Send {
+        async { Ok(None) }
+    }
     /// Start a runner; returns its handle (pid, Job name).
     fn launch(&self, spec: &RunnerSpec) -> impl std::future::Future<Output = anyhow::Result<String>> + Send;
     /// Stop a runner whose proof no longer needs it.
@@ -49,13 +77,29 @@ impl Placement {
         Placement { groups: vec![Stage::ALL.to_vec()] }
     }
 
-    /// `all` (one runner per proof) or `per-stage`.
+    /// `all` (one runner per proof), `per-stage`, or explicit groups such as
+    /// `execute,wrap/setup,prove-core,compress,shrink` (stages not named get a group each).
     pub fn parse(s: &str) -> Result<Placement, String> {
         match s {
-            "all" | "single" => Ok(Placement::single_runner()),
-            "per-stage" => Ok(Placement::per_stage()),
-            other => Err(format!("unknown placement {other:?} (expected all or per-stage)")),
+            "all" | "single" => return Ok(Placement::single_runner()),
+            "per-stage" => return Ok(Placement::per_stage()),
+            _ => {}
         }
+        let mut groups: Vec<Vec<Stage>> = Vec::new();
+        for part in s.split('/') {
+            let group = proofjobs_pipeline::stage::parse_stage_list(part)
+                .map_err(|e| format!("placement {s:?}: {e} (expected all, per-stage or groups like execute,wrap/setup,prove-core)"))?;
+            if let Some(stage) = group.iter().find(|st| groups.iter().any(|g| g.contains(st))) {
+                return Err(format!("placement {s:?} names stage {stage} twice"));
+            }
+            groups.push(group);
+        }
+        for stage in Stage::ALL {
+            if !groups.iter().any(|g| g.contains(&stage)) {
+                groups.push(vec![stage]);
+            }
+        }
+        Ok(Placement { groups })
     }
 
     /// The group that serves `stage`.
@@ -78,5 +122,10 @@ mod tests {
         assert_eq!(Placement::per_stage().group_of(Stage::Compress), &[Stage::Compress]);
         assert_eq!(Placement::parse("all").unwrap().group_of(Stage::Setup).len(), 6);
         assert!(Placement::parse("gpu").is_err());
+        let custom = Placement::parse("execute,wrap/setup,prove-core,compress").unwrap();
+        assert_eq!(custom.group_of(Stage::Wrap), &[Stage::Execute, Stage::Wrap]);
+        assert_eq!(custom.group_of(Stage::Compress), &[Stage::Setup, Stage::ProveCore, Stage::Compress]);
+        assert_eq!(custom.group_of(Stage::Shrink), &[Stage::Shrink]);
+        assert!(Placement::parse("execute/execute,setup").is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! of its state is in PostgreSQL, so a restarted dispatcher picks up where the last one stopped.
 
 pub mod backend;
+pub mod kubernetes;
 pub mod local;
 pub mod reconcile;
 

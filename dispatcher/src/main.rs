@@ -1,9 +1,13 @@
 //! proofjobs-dispatcher: runs the reconcile loop of a cluster deployment.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
-use proofjobs_dispatcher::{local::{default_runner_bin, LocalBackend}, Dispatcher, Placement};
+use proofjobs_dispatcher::{
+    kubernetes::{job_spec::JobSettings, profiles::StageProfiles, KubeBackend, KubeSettings},
+    local::{default_runner_bin, LocalBackend},
+    Backend, Dispatcher, Placement,
+};
 use proofjobs_pipeline::state::{Db, Notifications};
 
 #[derive(Parser)]
@@ -11,20 +15,61 @@ use proofjobs_pipeline::state::{Db, Notifications};
 struct Args {
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
-    #[arg(long, env = "PROOFJOBS_ARTIFACT_STORE")]
+    /// Local backend: the artifact store runners use (Kubernetes runners read it from the runner Secret).
+    #[arg(long, env = "PROOFJOBS_ARTIFACT_STORE", default_value = "")]
     artifact_store: String,
-    /// Where runners run. `local`: child processes of this machine.
+    /// Where runners run. `local`: child processes of this machine; `kubernetes`: one Job per stage group.
     #[arg(long, env = "PROOFJOBS_BACKEND", default_value = "local")]
     backend: String,
-    /// Which stages share a runner: `all` (one runner per proof) or `per-stage`.
-    #[arg(long, env = "PROOFJOBS_PLACEMENT", default_value = "all")]
-    placement: String,
+    /// Which stages share a runner: `all`, `per-stage`, or groups such as
+    /// `execute,wrap/setup,prove-core,compress,shrink`. Default: `all` locally, `per-stage` on Kubernetes.
+    #[arg(long, env = "PROOFJOBS_PLACEMENT")]
+    placement: Option<String>,
+    /// How long a stage's pods may stay unschedulable (GPU pool scaling from zero) before the proof fails.
+    #[arg(long, env = "PROOFJOBS_CAPACITY_WAIT_SECS", default_value_t = 900)]
+    capacity_wait_secs: u64,
     /// Local backend: the task-runner binary (default: next to this one).
     #[arg(long, env = "PROOFJOBS_TASK_RUNNER")]
     task_runner: Option<PathBuf>,
     /// Local backend: where each runner's log goes.
     #[arg(long, env = "PROOFJOBS_LOG_DIR", default_value = "/tmp/proofjobs-runners")]
     log_dir: PathBuf,
+    #[command(flatten)]
+    kube: KubeArgs,
+}
+
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// Namespace of the stage Jobs.
+    #[arg(long, env = "PROOFJOBS_NAMESPACE", default_value = "proofjobs")]
+    namespace: String,
+    /// The task-runner image.
+    #[arg(long, env = "PROOFJOBS_RUNNER_IMAGE", default_value = "proofjobs/task-runner:latest")]
+    runner_image: String,
+    #[arg(long, env = "PROOFJOBS_RUNNER_COMMAND", default_value = "/usr/local/bin/task-runner")]
+    runner_command: String,
+    /// ServiceAccount of runner pods.
+    #[arg(long, env = "PROOFJOBS_RUNNER_SERVICE_ACCOUNT")]
+    runner_service_account: Option<String>,
+    /// Secret with `database-url` and `artifact-store` for runner pods.
+    #[arg(long, env = "PROOFJOBS_RUNNER_SECRET", default_value = "proofjobs-runner")]
+    runner_secret: String,
+    /// Extra non-secret runner environment, `NAME=value` (repeatable).
+    #[arg(long = "runner-env", value_parser = parse_env)]
+    runner_env: Vec<(String, String)>,
+    /// Stage profiles (JSON, usually a mounted ConfigMap); defaults built in.
+    #[arg(long, env = "PROOFJOBS_STAGE_PROFILES")]
+    stage_profiles: Option<PathBuf>,
+    #[arg(long, env = "PROOFJOBS_MAX_GPU_PODS", default_value_t = 16)]
+    max_gpu_pods: u32,
+    #[arg(long, env = "PROOFJOBS_MAX_PODS_PER_JOB", default_value_t = 4)]
+    max_pods_per_job: u32,
+    #[arg(long, env = "PROOFJOBS_JOB_TTL_SECS", default_value_t = 3600)]
+    job_ttl_secs: i32,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("{s:?} is not NAME=value"))
 }
 
 #[tokio::main]
@@ -33,21 +78,61 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
-    let placement = Placement::parse(&args.placement).map_err(anyhow::Error::msg)?;
     let db = Db::connect(&args.database_url, 8).await?;
     db.migrate().await?;
     let notifications = Notifications::listen(&db).await?;
-    anyhow::ensure!(args.backend == "local", "unknown backend {:?} (this build has: local)", args.backend);
-    let env = vec![
-        ("DATABASE_URL".to_string(), args.database_url.clone()),
-        ("PROOFJOBS_ARTIFACT_STORE".to_string(), args.artifact_store.clone()),
-    ];
-    let backend = Arc::new(LocalBackend::new(args.task_runner.unwrap_or_else(default_runner_bin), args.log_dir, env)?);
+    let wait = Duration::from_secs(args.capacity_wait_secs);
+    match args.backend.as_str() {
+        "local" => {
+            anyhow::ensure!(!args.artifact_store.is_empty(), "--artifact-store (PROOFJOBS_ARTIFACT_STORE) is required with the local backend");
+            let placement = Placement::parse(args.placement.as_deref().unwrap_or("all")).map_err(anyhow::Error::msg)?;
+            let env = vec![
+                ("DATABASE_URL".to_string(), args.database_url.clone()),
+                ("PROOFJOBS_ARTIFACT_STORE".to_string(), args.artifact_store.clone()),
+            ];
+            let backend = LocalBackend::new(args.task_runner.unwrap_or_else(default_runner_bin), args.log_dir, env)?;
+            serve(db, notifications, backend, placement, wait).await
+        }
+        "kubernetes" => {
+            let placement = Placement::parse(args.placement.as_deref().unwrap_or("per-stage")).map_err(anyhow::Error::msg)?;
+            let profiles = match &args.kube.stage_profiles {
+                Some(path) => StageProfiles::load(path)?,
+                None => StageProfiles::default(),
+            };
+            let settings = KubeSettings {
+                job: JobSettings {
+                    namespace: args.kube.namespace,
+                    image: args.kube.runner_image,
+                    command: args.kube.runner_command,
+                    service_account: args.kube.runner_service_account,
+                    runner_secret: args.kube.runner_secret,
+                    extra_env: args.kube.runner_env,
+                    ttl_after_finished_secs: args.kube.job_ttl_secs,
+                    shm_size: "2Gi".into(),
+                },
+                profiles,
+                max_gpu_pods: args.kube.max_gpu_pods,
+                max_pods_per_job: args.kube.max_pods_per_job,
+            };
+            // In-cluster config, or KUBECONFIG outside a cluster.
+            let client = kube::Client::try_default().await?;
+            let backend = KubeBackend::start(client, settings, db.clone()).await?;
+            serve(db, notifications, backend, placement, wait).await
+        }
+        other => anyhow::bail!("unknown backend {other:?} (expected local or kubernetes)"),
+    }
+}
+
+async fn serve<B: Backend>(db: Db, notifications: Notifications, backend: B, placement: Placement, wait: Duration) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
         let _ = stop_tx.send(true);
     });
     // Runners are left running on exit: the next dispatcher adopts them.
-    Dispatcher::new(db, backend, placement).run(notifications, stop_rx).await
+    Dispatcher::new(db, Arc::new(backend), placement).with_capacity_wait_limit(wait).run(notifications, stop_rx).await
 }

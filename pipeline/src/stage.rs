@@ -109,6 +109,15 @@ pub fn parse_stage_list(s: &str) -> Result<Vec<Stage>, String> {
     Ok(stages)
 }
 
+/// The name of a group of stages served by one runner group (a Job): the stage's own name, `all`
+/// for every stage, else the names joined by `-`. Used in Job names and the stage label.
+pub fn group_name(stages: &[Stage]) -> String {
+    if stages.len() == Stage::ALL.len() {
+        return "all".into();
+    }
+    stages.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("-")
+}
+
 pub fn stage_list(stages: &[Stage]) -> String {
     stages.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
 }
@@ -195,6 +204,9 @@ pub mod labels {
     pub const PROOF: &str = "proofjobs.io/proof";
     pub const STAGE: &str = "proofjobs.io/stage";
     pub const PROGRESS: &str = "proofjobs.io/progress";
+    /// What a stage Job waits for, when it waits: `waiting-for-capacity` (pods unschedulable,
+    /// e.g. the GPU pool scaling from zero) or `queued` (held back by the global GPU cap).
+    pub const WAITING: &str = "proofjobs.io/waiting";
 }
 
 #[cfg(test)]

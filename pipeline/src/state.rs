@@ -197,6 +197,7 @@ pub struct StageProgress {
     pub total: i64,
     pub done: i64,
     pub running: i64,
+    pub pending: i64,
     pub failed: i64,
 }
 
@@ -428,6 +429,7 @@ impl Db {
             "SELECT stage, count(*) AS total,
                     count(*) FILTER (WHERE status = 'succeeded') AS done,
                     count(*) FILTER (WHERE status = 'running') AS running,
+                    count(*) FILTER (WHERE status = 'pending') AS pending,
                     count(*) FILTER (WHERE status = 'failed') AS failed
              FROM tasks WHERE proof_id = $1 AND stage IS NOT NULL GROUP BY stage",
         )
@@ -444,6 +446,7 @@ impl Db {
                     total: row.try_get("total")?,
                     done: row.try_get("done")?,
                     running: row.try_get("running")?,
+                    pending: row.try_get("pending")?,
                     failed: row.try_get("failed")?,
                 },
             );
@@ -623,6 +626,19 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// How many runners a backend has started for this group of a proof's stages: the next
+    /// one's attempt number.
+    pub async fn runner_attempts(&self, proof_id: &str, stages: &[Stage], backend: &str) -> Result<u32> {
+        let stages: Vec<&str> = stages.iter().map(|s| s.as_str()).collect();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM runners WHERE proof_id = $1 AND stages = $2 AND backend = $3")
+            .bind(proof_id)
+            .bind(&stages)
+            .bind(backend)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u32)
     }
 
     pub async fn set_runner_handle(&self, id: &str, handle: &str) -> Result<()> {

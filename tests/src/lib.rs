@@ -13,6 +13,8 @@ use anyhow::{Context, Result};
 use proofjobs_api::proto::{prover_service_client::ProverServiceClient, GetRequest, Proof};
 use tonic::transport::Channel;
 
+pub mod kube_env;
+
 pub use proofjobs_guests::{fibonacci_n_for_cycles, FIBONACCI_ELF, MEMTRAFFIC_ELF};
 
 /// Serialises the tests that run an SP1 prover.
@@ -25,7 +27,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter("info,sqlx=warn").with_test_writer().try_init();
 }
 
-fn required_env(name: &str) -> String {
+pub fn required_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
         panic!("{name} is not set: these tests need the real services; run `eval \"$(scripts/services.sh start)\"` first (the README's test command does)")
     })
@@ -103,6 +105,20 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then wait up to `grace` before killing.
+    pub fn terminate(&mut self, grace: Duration) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -121,13 +137,33 @@ pub struct Cluster {
     pub store_url: String,
     pub api: Proc,
     pub dispatcher: Option<Proc>,
+    /// Extra dispatcher environment (the Kubernetes backend's settings), kept for restarts.
+    pub dispatcher_env: Vec<(&'static str, String)>,
     pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// `store_url` None = Redis (the cluster default). `extra_api_env` tunes limits.
     pub async fn start(store_url: Option<String>, extra_api_env: &[(&str, String)]) -> Result<Cluster> {
-        let db = TestDb::create().await?;
+        Cluster::start_with(store_url, extra_api_env, Vec::new()).await
+    }
+
+    /// As [`Cluster::start`], with extra dispatcher environment.
+    pub async fn start_with(
+        store_url: Option<String>,
+        extra_api_env: &[(&str, String)],
+        dispatcher_env: Vec<(&'static str, String)>,
+    ) -> Result<Cluster> {
+        Cluster::start_on(TestDb::create().await?, store_url, extra_api_env, dispatcher_env).await
+    }
+
+    /// As [`Cluster::start_with`], on a database made beforehand.
+    pub async fn start_on(
+        db: TestDb,
+        store_url: Option<String>,
+        extra_api_env: &[(&str, String)],
+        dispatcher_env: Vec<(&'static str, String)>,
+    ) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let store_url = store_url.unwrap_or_else(redis_url);
         let port = free_port();
@@ -139,19 +175,20 @@ impl Cluster {
         env.extend(extra_api_env.iter().cloned());
         let api = Proc::spawn(&bin("proofjobs-api"), &[], &env, dir.path().join("api.log"));
         let endpoint = format!("http://127.0.0.1:{port}");
-        let mut cluster = Cluster { db, endpoint, store_url, api, dispatcher: None, dir };
+        let mut cluster = Cluster { db, endpoint, store_url, api, dispatcher: None, dispatcher_env, dir };
         cluster.start_dispatcher();
         cluster.wait_ready().await?;
         Ok(cluster)
     }
 
     pub fn start_dispatcher(&mut self) {
-        let env = vec![
+        let mut env = vec![
             ("DATABASE_URL", self.db.url.clone()),
             ("PROOFJOBS_ARTIFACT_STORE", self.store_url.clone()),
             ("PROOFJOBS_TASK_RUNNER", bin("task-runner").display().to_string()),
             ("PROOFJOBS_LOG_DIR", self.dir.path().join("runners").display().to_string()),
         ];
+        env.extend(self.dispatcher_env.iter().cloned());
         let n = std::fs::read_dir(self.dir.path()).map(|d| d.count()).unwrap_or(0);
         self.dispatcher = Some(Proc::spawn(&bin("proofjobs-dispatcher"), &[], &env, self.dir.path().join(format!("dispatcher-{n}.log"))));
     }
@@ -265,4 +302,26 @@ pub async fn verify_strictly(elf: &[u8], other_elf: &[u8], proof_path: &Path) ->
     let other = client.setup(other_elf.to_vec().into()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     anyhow::ensure!(client.verify(&proof, other.verifying_key(), None).is_err(), "the proof verified against another program's key");
     Ok(proof)
+}
+
+/// The Submit stream of a proof request: header, then program and stdin in one chunk each.
+pub fn submit_messages(mode: &str, program: &[u8], stdin: &[u8], deadline: u64, cycle_limit: u64) -> Vec<proofjobs_api::proto::SubmitRequest> {
+    use proofjobs_api::proto::{submit_request::Part, SubmitHeader, SubmitRequest};
+    let mut messages = vec![SubmitRequest {
+        part: Some(Part::Header(SubmitHeader {
+            mode: mode.into(),
+            deadline,
+            cycle_limit,
+            idempotency_key: String::new(),
+            program_size: program.len() as u64,
+            stdin_size: stdin.len() as u64,
+        })),
+    }];
+    if !program.is_empty() {
+        messages.push(SubmitRequest { part: Some(Part::ProgramChunk(program.to_vec())) });
+    }
+    if !stdin.is_empty() {
+        messages.push(SubmitRequest { part: Some(Part::StdinChunk(stdin.to_vec())) });
+    }
+    messages
 }

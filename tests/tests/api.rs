@@ -4,31 +4,11 @@
 use std::time::{Duration, Instant};
 
 use proofjobs_api::proto::{
-    submit_request::Part, CancelRequest, GetProofRequest, GetRequest, ListRequest, SubmitHeader, SubmitRequest,
+    submit_request::Part, CancelRequest, GetProofRequest, GetRequest, ListRequest,
 };
 use proofjobs_tests::*;
 use sp1_prover_types::cluster::{cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest};
 use tonic::Code;
-
-fn submit_messages(mode: &str, program: &[u8], stdin: &[u8], deadline: u64, cycle_limit: u64) -> Vec<SubmitRequest> {
-    let mut messages = vec![SubmitRequest {
-        part: Some(Part::Header(SubmitHeader {
-            mode: mode.into(),
-            deadline,
-            cycle_limit,
-            idempotency_key: String::new(),
-            program_size: program.len() as u64,
-            stdin_size: stdin.len() as u64,
-        })),
-    }];
-    if !program.is_empty() {
-        messages.push(SubmitRequest { part: Some(Part::ProgramChunk(program.to_vec())) });
-    }
-    if !stdin.is_empty() {
-        messages.push(SubmitRequest { part: Some(Part::StdinChunk(stdin.to_vec())) });
-    }
-    messages
-}
 
 async fn submit(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8], deadline: u64) -> Result<String, tonic::Status> {
     submit_limited(cluster, mode, program, stdin, deadline, 0).await

@@ -183,8 +183,9 @@ pub fn translate(
         set_var(&mut env, k, v.clone());
     }
     set_var(&mut env, "HOSTNAME", name.clone());
+    let mounts = empty_dir_mounts(pod, container, host.work_dir);
     for (k, v) in container_env {
-        set_var(&mut env, &k, v);
+        set_var(&mut env, &k, rebase_on_mounts(&v, &mounts));
     }
 
     let working_dir = match container.working_dir.as_deref() {
@@ -205,6 +206,39 @@ pub fn translate(
 }
 
 /// Per-pod scratch directory, the default working directory.
+/// There are no mount namespaces here: an emptyDir mount becomes a directory of the pod's own
+/// (created now), and env values that point into the mount path are rebased onto it — so a
+/// runner told `TMPDIR=/scratch` writes where the pod's emptyDir is. Mount paths that already
+/// exist on the host (e.g. a memory-backed /dev/shm) are used as they are.
+fn empty_dir_mounts(pod: &Pod, container: &Container, work_dir: &Path) -> Vec<(String, PathBuf)> {
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    let mut out = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let is_empty_dir = volumes
+            .and_then(|v| v.iter().find(|v| v.name == mount.name))
+            .is_some_and(|v| v.empty_dir.is_some());
+        if !is_empty_dir || Path::new(&mount.mount_path).exists() {
+            continue;
+        }
+        let dir = pod_dir(work_dir, pod).join("volumes").join(&mount.name);
+        let _ = std::fs::create_dir_all(&dir);
+        out.push((mount.mount_path.trim_end_matches('/').to_string(), dir));
+    }
+    out
+}
+
+fn rebase_on_mounts(value: &str, mounts: &[(String, PathBuf)]) -> String {
+    for (path, dir) in mounts {
+        if value == path {
+            return dir.display().to_string();
+        }
+        if let Some(rest) = value.strip_prefix(&format!("{path}/")) {
+            return dir.join(rest).display().to_string();
+        }
+    }
+    value.to_string()
+}
+
 pub fn pod_dir(work_dir: &Path, pod: &Pod) -> PathBuf {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or("");
@@ -499,6 +533,28 @@ mod tests {
 
     fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
         env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn empty_dir_mount_paths_in_env_point_at_the_pods_own_directory() {
+        let work = tempfile::tempdir().unwrap();
+        let mut p = pod(json!({
+            "name": "runner", "image": "proofjobs/task-runner:dev",
+            "env": [{"name": "TMPDIR", "value": "/scratch-proofjobs-test"}, {"name": "CACHE", "value": "/scratch-proofjobs-test/keys"},
+                    {"name": "SHM", "value": "/dev/shm"}],
+            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch-proofjobs-test"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+        }));
+        p.spec.as_mut().unwrap().volumes = Some(serde_json::from_value(json!([
+            {"name": "scratch", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+        ])).unwrap());
+        let (im, b) = (images(), base());
+        let mut h = host(&im, &b);
+        h.work_dir = work.path();
+        let spec = translate(&p, &h, &EnvSources::default()).unwrap();
+        let tmp = PathBuf::from(get(&spec.env, "TMPDIR").unwrap());
+        assert!(tmp.starts_with(work.path()) && tmp.is_dir(), "{tmp:?}");
+        assert_eq!(PathBuf::from(get(&spec.env, "CACHE").unwrap()), tmp.join("keys"));
+        assert_eq!(get(&spec.env, "SHM"), Some("/dev/shm"), "an existing host path is used as is");
     }
 
     #[test]

@@ -1,0 +1,348 @@
+//! What a stage Job looks like (DESIGN.md §4), built in one place from the runner spec, the
+//! stage profiles and the operator's settings, so unit tests can pin every field the contract
+//! promises and the real-apiserver tests can check the apiserver accepts it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule},
+        core::v1::{
+            Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+            ResourceRequirements, SecretKeySelector, Toleration, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
+};
+use proofjobs_pipeline::{exit, stage::labels};
+
+use super::profiles::StageProfile;
+use crate::backend::RunnerSpec;
+
+/// The runner container's name; podFailurePolicy rules refer to it.
+pub const CONTAINER: &str = "task-runner";
+/// The backend name task-runner pods register their own runner rows under.
+pub const POD_BACKEND: &str = "kubernetes-pod";
+/// The GPU resource and the taint GPU nodes carry.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// Operator settings shared by every Job.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub namespace: String,
+    pub image: String,
+    /// The runner binary inside the image.
+    pub command: String,
+    /// ServiceAccount of runner pods (they need no Kubernetes API access; the token is not mounted).
+    pub service_account: Option<String>,
+    /// Secret holding `database-url` and `artifact-store`; they reach pods only via secretKeyRef.
+    pub runner_secret: String,
+    /// Non-secret environment passed to every runner (RUST_LOG, SP1 settings).
+    pub extra_env: Vec<(String, String)>,
+    pub ttl_after_finished_secs: i32,
+    /// Size limit of the memory-backed /dev/shm.
+    pub shm_size: String,
+}
+
+impl JobSettings {
+    pub fn for_tests(namespace: &str) -> JobSettings {
+        JobSettings {
+            namespace: namespace.into(),
+            image: "proofjobs/task-runner:dev".into(),
+            command: "/usr/local/bin/task-runner".into(),
+            service_account: None,
+            runner_secret: "proofjobs-runner".into(),
+            extra_env: Vec::new(),
+            ttl_after_finished_secs: 600,
+            shm_size: "2Gi".into(),
+        }
+    }
+}
+
+/// A Job's name: `<proof-short-id>-<stages>[-a<attempt>]`, deterministic so a restarted
+/// dispatcher finds the Job it created instead of making a twin.
+pub fn job_name(proof_id: &str, group_name: &str, attempt: u32) -> String {
+    let base = format!("{}-{}", proofjobs_pipeline::ids::short_proof_id(proof_id), group_name);
+    if attempt == 0 { base } else { format!("{base}-a{attempt}") }
+}
+
+/// The proof label's value: the proof id when it is a valid label value, else its short id (the
+/// full id is always in the `proofjobs.io/proof-id` annotation).
+pub fn proof_label(proof_id: &str) -> String {
+    let valid = !proof_id.is_empty()
+        && proof_id.len() <= 63
+        && proof_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && proof_id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && proof_id.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid { proof_id.to_string() } else { proofjobs_pipeline::ids::short_proof_id(proof_id) }
+}
+
+pub const PROOF_ID_ANNOTATION: &str = "proofjobs.io/proof-id";
+
+/// Labels every object of a runner group carries (Job and pods).
+pub fn group_labels(spec: &RunnerSpec) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
+        (labels::PROOF.to_string(), proof_label(&spec.proof_id)),
+        (labels::STAGE.to_string(), proofjobs_pipeline::stage::group_name(&spec.stages)),
+    ])
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(false) }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Job for one runner group. `suspend` queues it behind the global GPU cap.
+pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettings, suspend: bool) -> Job {
+    let name = spec.runner_id.clone();
+    let mut job_labels = group_labels(spec);
+    job_labels.insert(labels::PROGRESS.into(), "0-of-0".into());
+    let pod_labels = group_labels(spec);
+    let annotations = BTreeMap::from([(PROOF_ID_ANNOTATION.to_string(), spec.proof_id.clone())]);
+
+    let mut env = vec![
+        env("PROOFJOBS_PROOF_ID", &spec.proof_id),
+        env("PROOFJOBS_STAGES", proofjobs_pipeline::stage::stage_list(&spec.stages)),
+        // Each pod is its own runner (its own claims and heartbeat), grouped under the Job.
+        field_env("PROOFJOBS_RUNNER_ID", "metadata.name"),
+        env("PROOFJOBS_RUNNER_BACKEND", POD_BACKEND),
+        env("PROOFJOBS_RUNNER_HANDLE", &name),
+        secret_env("DATABASE_URL", &settings.runner_secret, "database-url"),
+        secret_env("PROOFJOBS_ARTIFACT_STORE", &settings.runner_secret, "artifact-store"),
+        env("TMPDIR", "/scratch"),
+    ];
+    env.extend(settings.extra_env.iter().map(|(k, v)| self::env(k, v)));
+
+    let mut quantities = BTreeMap::from([
+        ("cpu".to_string(), Quantity(profile.cpu.clone())),
+        ("memory".to_string(), Quantity(profile.memory.clone())),
+    ]);
+    let mut limits = BTreeMap::from([("memory".to_string(), Quantity(profile.memory.clone()))]);
+    let mut tolerations = profile.tolerations.clone();
+    if profile.gpus > 0 {
+        // Extended resources: request must equal limit.
+        quantities.insert(GPU_RESOURCE.into(), Quantity(profile.gpus.to_string()));
+        limits.insert(GPU_RESOURCE.into(), Quantity(profile.gpus.to_string()));
+        tolerations.push(Toleration {
+            key: Some(GPU_RESOURCE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoSchedule".into()),
+            ..Default::default()
+        });
+    }
+
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(settings.image.clone()),
+        command: Some(vec![settings.command.clone()]),
+        env: Some(env),
+        resources: Some(ResourceRequirements { requests: Some(quantities), limits: Some(limits), ..Default::default() }),
+        volume_mounts: Some(vec![
+            VolumeMount { name: "scratch".into(), mount_path: "/scratch".into(), ..Default::default() },
+            VolumeMount { name: "dshm".into(), mount_path: "/dev/shm".into(), ..Default::default() },
+        ]),
+        ..Default::default()
+    };
+    let pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: settings.service_account.clone(),
+        automount_service_account_token: Some(false),
+        // SIGTERM hands tasks back within a second or two; the grace covers a slow store.
+        termination_grace_period_seconds: Some(30),
+        node_selector: (!profile.node_selector.is_empty()).then(|| profile.node_selector.clone()),
+        tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        containers: vec![container],
+        volumes: Some(vec![
+            // The SP1 executor writes a helper binary to TMPDIR and runs it: it must be writable
+            // and exec-able even when the image's root filesystem is read-only.
+            Volume { name: "scratch".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+            // POSIX shared memory of the executor; Kubernetes' default /dev/shm is 64 MB.
+            Volume {
+                name: "dshm".into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".into()),
+                    size_limit: Some(Quantity(settings.shm_size.clone())),
+                }),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    };
+
+    let exit_rule = |action: &str, values: Vec<i32>| PodFailurePolicyRule {
+        action: action.into(),
+        on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+            container_name: Some(CONTAINER.into()),
+            operator: "In".into(),
+            values,
+        }),
+        on_pod_conditions: None,
+    };
+    let failure_policy = PodFailurePolicy {
+        rules: vec![
+            // Bad input or configuration: retrying cannot help.
+            exit_rule("FailJob", vec![exit::USAGE, exit::BAD_INPUT]),
+            // Wrong node or transient trouble (tasks were handed back): replace the pod, uncounted.
+            exit_rule("Ignore", vec![exit::UNSUITABLE_NODE, exit::TRANSIENT]),
+            // Node gone, preempted, evicted (spot): not the runner's fault.
+            PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_exit_codes: None,
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: "True".into(),
+                }]),
+            },
+        ],
+    };
+
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(job_labels),
+            annotations: Some(annotations.clone()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            // A work queue: pods pull tasks until none are left; no completion count.
+            parallelism: Some(1),
+            completions: None,
+            // Counted failures become a new attempt Job, decided by the dispatcher with backoff.
+            backoff_limit: Some(0),
+            pod_failure_policy: Some(failure_policy),
+            // A replacement starts only once the old pod has really stopped (no two claimers).
+            pod_replacement_policy: Some("Failed".into()),
+            active_deadline_seconds: Some(spec.deadline_secs.max(1)),
+            ttl_seconds_after_finished: Some(settings.ttl_after_finished_secs),
+            suspend: Some(suspend),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), annotations: Some(annotations), ..Default::default() }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proofjobs_pipeline::stage::Stage;
+
+    use super::*;
+    use crate::kubernetes::profiles::StageProfiles;
+
+    fn spec(stages: Vec<Stage>) -> RunnerSpec {
+        RunnerSpec {
+            runner_id: job_name("proof_0192ab", &proofjobs_pipeline::stage::group_name(&stages), 0),
+            proof_id: "proof_0192ab".into(),
+            stages,
+            deadline_secs: 3600,
+        }
+    }
+
+    fn json(stages: Vec<Stage>) -> serde_json::Value {
+        let spec = spec(stages);
+        let profiles = StageProfiles::default();
+        serde_json::to_value(build_job(&spec, &profiles.for_group(&spec.stages), &JobSettings::for_tests("ns"), false)).unwrap()
+    }
+
+    #[test]
+    fn names_are_deterministic_dns_labels_with_attempts() {
+        let a = job_name("proof_0192ab", "prove-core", 0);
+        assert_eq!(a, job_name("proof_0192ab", "prove-core", 0));
+        assert!(a.ends_with("-prove-core"));
+        assert!(job_name("proof_0192ab", "prove-core", 2).ends_with("-prove-core-a2"));
+        let long = job_name(&"x".repeat(300), "setup-prove-core-compress-shrink", 99);
+        assert!(long.len() <= 63, "{long}");
+        assert!(long.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+    }
+
+    #[test]
+    fn proof_label_falls_back_to_the_short_id() {
+        assert_eq!(proof_label("proof_0192ab"), "proof_0192ab");
+        assert_ne!(proof_label("bad/id"), "bad/id");
+        assert_ne!(proof_label(&"a".repeat(64)), "a".repeat(64));
+    }
+
+    #[test]
+    fn gpu_stage_requests_a_gpu_tolerates_the_taint_and_selects_the_pool() {
+        let v = json(vec![Stage::ProveCore]);
+        let pod = &v["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["resources"]["requests"]["nvidia.com/gpu"], "1");
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+        assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+        assert_eq!(pod["tolerations"][0]["effect"], "NoSchedule");
+        assert_eq!(pod["nodeSelector"]["proofjobs.io/pool"], "gpu");
+        assert_eq!(v["metadata"]["labels"]["proofjobs.io/stage"], "prove-core");
+        assert_eq!(v["metadata"]["labels"]["proofjobs.io/progress"], "0-of-0");
+        assert_eq!(v["metadata"]["labels"]["app.kubernetes.io/managed-by"], "proofjobs");
+        assert_eq!(v["spec"]["template"]["metadata"]["labels"]["proofjobs.io/proof"], "proof_0192ab");
+    }
+
+    #[test]
+    fn cpu_stage_has_no_gpu_and_no_toleration() {
+        let v = json(vec![Stage::Execute]);
+        let pod = &v["spec"]["template"]["spec"];
+        assert!(pod["containers"][0]["resources"]["requests"].get("nvidia.com/gpu").is_none());
+        assert!(pod.get("tolerations").is_none());
+        assert_eq!(pod["nodeSelector"]["proofjobs.io/pool"], "cpu");
+    }
+
+    #[test]
+    fn failure_policy_follows_the_exit_code_contract() {
+        let v = json(vec![Stage::Setup]);
+        let rules = &v["spec"]["podFailurePolicy"]["rules"];
+        assert_eq!(rules[0]["action"], "FailJob");
+        assert_eq!(rules[0]["onExitCodes"]["values"], serde_json::json!([64, 65]));
+        assert_eq!(rules[1]["action"], "Ignore");
+        assert_eq!(rules[1]["onExitCodes"]["values"], serde_json::json!([69, 75]));
+        assert_eq!(rules[2]["onPodConditions"][0]["type"], "DisruptionTarget");
+        assert_eq!(v["spec"]["template"]["spec"]["restartPolicy"], "Never");
+        assert_eq!(v["spec"]["backoffLimit"], 0);
+        assert_eq!(v["spec"]["podReplacementPolicy"], "Failed");
+        assert_eq!(v["spec"]["activeDeadlineSeconds"], 3600);
+        assert_eq!(v["spec"]["ttlSecondsAfterFinished"], 600);
+    }
+
+    #[test]
+    fn secrets_only_by_reference_and_scratch_space_mounted() {
+        let v = json(vec![Stage::Compress]);
+        let text = v.to_string();
+        let env = v["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+        let db = env.iter().find(|e| e["name"] == "DATABASE_URL").unwrap();
+        assert!(db.get("value").is_none());
+        assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "proofjobs-runner");
+        let id = env.iter().find(|e| e["name"] == "PROOFJOBS_RUNNER_ID").unwrap();
+        assert_eq!(id["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+        assert!(!text.contains("postgres://"));
+        let volumes = &v["spec"]["template"]["spec"]["volumes"];
+        assert_eq!(volumes[1]["emptyDir"]["medium"], "Memory");
+        assert!(env.iter().any(|e| e["name"] == "TMPDIR" && e["value"] == "/scratch"));
+        assert_eq!(v["spec"]["template"]["spec"]["automountServiceAccountToken"], false);
+    }
+}

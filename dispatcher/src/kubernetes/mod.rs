@@ -1,0 +1,401 @@
+//! The Kubernetes backend: a runner group is a Job (DESIGN.md §4). The dispatcher's view of Jobs
+//! and their pods comes from kube-runtime reflectors (watches, not polling); a watch event wakes
+//! the reconcile loop. Each pod of a Job is its own runner on the task bus (its own claims), so a
+//! pod that dies has exactly its own tasks handed back.
+
+pub mod job_spec;
+pub mod profiles;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::{reflector, reflector::ObjectRef, watcher, WatchStreamExt},
+    Api, Client, ResourceExt,
+};
+use proofjobs_pipeline::{
+    stage::{group_name, labels, Stage},
+    state::{Db, RunnerRow},
+};
+use tokio::{sync::Notify, task::JoinHandle};
+
+use self::{
+    job_spec::{build_job, job_name, JobSettings, GPU_RESOURCE, POD_BACKEND},
+    profiles::StageProfiles,
+};
+use crate::backend::{Backend, Ended, GroupLoad, RunnerSpec};
+
+/// The label the Job controller puts on a Job's pods.
+const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+/// How long a runner row may exist without its Job or pod in view before it counts as gone
+/// (covers watch lag after a create; a real loss is far longer-lived).
+const VANISH_GRACE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    pub job: JobSettings,
+    pub profiles: StageProfiles,
+    /// GPU pods (across all proofs) the dispatcher runs at once; more wait as suspended Jobs.
+    pub max_gpu_pods: u32,
+    /// Pods one stage Job of one proof may grow to.
+    pub max_pods_per_job: u32,
+}
+
+pub struct KubeBackend {
+    jobs_api: Api<Job>,
+    jobs: reflector::Store<Job>,
+    pods: reflector::Store<Pod>,
+    changed: Arc<Notify>,
+    settings: KubeSettings,
+    db: Db,
+    /// GPU pods granted per Job by this process (parallelism × gpus), ahead of the watch.
+    granted: Mutex<HashMap<String, u32>>,
+    /// Jobs this process has seen in the watch: one missing after that was deleted, not lagging.
+    seen: Mutex<std::collections::HashSet<String>>,
+    watchers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for KubeBackend {
+    fn drop(&mut self) {
+        for w in &self.watchers {
+            w.abort();
+        }
+    }
+}
+
+impl KubeBackend {
+    /// Start the Job and pod reflectors and wait for their first full listing, so adoption after
+    /// a restart sees every Job that exists.
+    pub async fn start(client: Client, settings: KubeSettings, db: Db) -> Result<KubeBackend> {
+        let ns = settings.job.namespace.clone();
+        let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
+        let changed = Arc::new(Notify::new());
+        let jobs_api = Api::<Job>::namespaced(client.clone(), &ns);
+        let pods_api = Api::<Pod>::namespaced(client, &ns);
+        let (jobs, jobs_writer) = reflector::store();
+        let (pods, pods_writer) = reflector::store();
+        let config = watcher::Config::default().labels(&selector);
+        let watchers = vec![
+            spawn_reflector("jobs", reflector(jobs_writer, watcher(jobs_api.clone(), config.clone())), changed.clone()),
+            spawn_reflector("pods", reflector(pods_writer, watcher(pods_api, config)), changed.clone()),
+        ];
+        let synced = async {
+            jobs.wait_until_ready().await?;
+            pods.wait_until_ready().await
+        };
+        tokio::time::timeout(Duration::from_secs(60), synced)
+            .await
+            .with_context(|| format!("listing Jobs and pods in namespace {ns} took over 60 s (is the apiserver reachable?)"))?
+            .context("watch ended before its first listing")?;
+        tracing::info!(namespace = %ns, jobs = jobs.state().len(), pods = pods.state().len(), "kubernetes backend watching");
+        Ok(KubeBackend { jobs_api, jobs, pods, changed, settings, db, granted: Mutex::new(HashMap::new()), seen: Mutex::default(), watchers })
+    }
+
+    fn job(&self, name: &str) -> Option<Arc<Job>> {
+        self.jobs.get(&ObjectRef::new(name).within(&self.settings.job.namespace))
+    }
+
+    fn pods_of(&self, job: &str) -> Vec<Arc<Pod>> {
+        self.pods.state().into_iter().filter(|p| p.labels().get(JOB_NAME_LABEL).map(String::as_str) == Some(job)).collect()
+    }
+
+    /// GPU pods in use or granted: unfinished, unsuspended GPU Jobs' parallelism × gpus.
+    fn gpu_in_use(&self) -> u32 {
+        let granted = self.granted.lock().unwrap();
+        let mut total = 0;
+        let mut seen = std::collections::HashSet::new();
+        for job in self.jobs.state() {
+            let name = job.name_any();
+            seen.insert(name.clone());
+            if finished(&job).is_some() {
+                continue;
+            }
+            let spec = job.spec.as_ref();
+            let watched = if spec.and_then(|s| s.suspend).unwrap_or(false) {
+                0
+            } else {
+                spec.and_then(|s| s.parallelism).unwrap_or(1).max(0) as u32 * job_gpus(&job)
+            };
+            total += watched.max(granted.get(&name).copied().unwrap_or(0));
+        }
+        // Granted but not yet seen by the watch.
+        total + granted.iter().filter(|(name, _)| !seen.contains(*name)).map(|(_, n)| *n).sum::<u32>()
+    }
+
+    /// Pods of a Job that the scheduler could not place, and since when.
+    fn unschedulable_for(&self, job: &str) -> Option<Duration> {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        self.pods_of(job)
+            .iter()
+            .filter_map(|pod| {
+                let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+                let c = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))?;
+                let since = c.last_transition_time.as_ref().or(pod.metadata.creation_timestamp.as_ref())?.0;
+                Duration::try_from(now.duration_since(since)).ok()
+            })
+            .max()
+    }
+
+    /// Per-pod runner rows: close those whose pod ended or vanished (their tasks go back).
+    async fn reap_pods(&self) -> Result<()> {
+        for row in self.db.live_runners(POD_BACKEND).await? {
+            let pod = self.pods.get(&ObjectRef::new(&row.id).within(&self.settings.job.namespace));
+            match pod {
+                Some(pod) => {
+                    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
+                    if phase == "Succeeded" || phase == "Failed" {
+                        self.db.runner_exited(&row.id, container_exit_code(&pod), None).await?;
+                    }
+                }
+                None if age(&row) > VANISH_GRACE => {
+                    tracing::warn!(pod = %row.id, "runner pod vanished; its tasks go back to the queue");
+                    self.db.runner_exited(&row.id, None, Some("pod vanished")).await?;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn spawn_reflector<S, K>(what: &'static str, stream: S, changed: Arc<Notify>) -> JoinHandle<()>
+where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    tokio::spawn(async move {
+        let stream = stream.default_backoff();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::warn!("watching {what}: {e}");
+            }
+            changed.notify_one();
+        }
+    })
+}
+
+fn age(row: &RunnerRow) -> Duration {
+    (Utc::now() - row.started_at).to_std().unwrap_or_default()
+}
+
+fn job_gpus(job: &Job) -> u32 {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| {
+            p.containers
+                .iter()
+                .filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get(GPU_RESOURCE)?.0.parse::<u32>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn container_exit_code(pod: &Pod) -> Option<i32> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == job_spec::CONTAINER)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+        .map(|t| t.exit_code)
+}
+
+/// `Some(exit code)` once a Job is finished: `Some(Some(0))` complete, `Some(code)` failed with
+/// the deciding pod's exit code when known. Only the final conditions count: since 1.31 the Job
+/// controller sets them after every pod has stopped, so no pod of it still holds tasks.
+pub fn finished(job: &Job) -> Option<Option<i32>> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    if conditions.iter().any(|c| c.type_ == "Complete" && c.status == "True") {
+        return Some(Some(0));
+    }
+    let failed = conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True")?;
+    // "Container task-runner for pod ns/x failed with exit code 65 matching FailJob rule at index 0"
+    let code = failed
+        .message
+        .as_deref()
+        .and_then(|m| m.split("exit code ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<i32>().ok());
+    Some(code)
+}
+
+impl Backend for KubeBackend {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn runner_id(&self, proof_id: &str, stages: &[Stage], attempt: u32) -> String {
+        job_name(proof_id, &group_name(stages), attempt)
+    }
+
+    fn changed(&self) -> Option<Arc<Notify>> {
+        Some(self.changed.clone())
+    }
+
+    async fn launch(&self, spec: &RunnerSpec) -> Result<String> {
+        let profile = self.settings.profiles.for_group(&spec.stages);
+        let gpus = profile.gpus;
+        let queued = gpus > 0 && self.gpu_in_use() + gpus > self.settings.max_gpu_pods;
+        let mut job = build_job(spec, &profile, &self.settings.job, queued);
+        if queued {
+            job.labels_mut().insert(labels::WAITING.into(), "queued".into());
+        }
+        match self.jobs_api.create(&PostParams::default(), &job).await {
+            Ok(_) => tracing::info!(job = %spec.runner_id, proof = %spec.proof_id, queued, "stage Job created"),
+            // Created by an earlier dispatcher that died before recording it: adopt it.
+            Err(kube::Error::Api(e)) if e.code == 409 => tracing::info!(job = %spec.runner_id, "stage Job exists; adopting it"),
+            Err(e) => return Err(e).with_context(|| format!("creating Job {}", spec.runner_id)),
+        }
+        if !queued && gpus > 0 {
+            self.granted.lock().unwrap().insert(spec.runner_id.clone(), gpus);
+        }
+        Ok(spec.runner_id.clone())
+    }
+
+    async fn stop(&self, runner: &RunnerRow) -> Result<()> {
+        let name = if runner.handle.is_empty() { &runner.id } else { &runner.handle };
+        if self.job(name).is_some_and(|j| j.metadata.deletion_timestamp.is_some() || finished(&j).is_some()) {
+            return Ok(());
+        }
+        // Background propagation: a Job deleted with the default policy orphans its pods.
+        match self.jobs_api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {
+                tracing::info!(job = %name, "stage Job deleted");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting Job {name}")),
+        }
+    }
+
+    async fn reap(&self, live: &[RunnerRow]) -> Result<Vec<Ended>> {
+        self.reap_pods().await?;
+        let mut ended = Vec::new();
+        for runner in live {
+            let name = if runner.handle.is_empty() { &runner.id } else { &runner.handle };
+            let outcome = match self.job(name) {
+                Some(job) => {
+                    self.seen.lock().unwrap().insert(name.clone());
+                    finished(&job)
+                }
+                None if self.seen.lock().unwrap().remove(name) || age(runner) > VANISH_GRACE => {
+                    tracing::warn!(job = %name, "stage Job is gone (deleted by hand?)");
+                    Some(None)
+                }
+                None => None,
+            };
+            if let Some(exit_code) = outcome {
+                // Its pods have all stopped; close their rows so their tasks are back now.
+                for pod in self.db.live_runners(POD_BACKEND).await?.into_iter().filter(|p| p.handle == *name) {
+                    self.db.runner_exited(&pod.id, None, Some("its Job ended")).await?;
+                }
+                self.granted.lock().unwrap().remove(name);
+                ended.push(Ended { runner_id: runner.id.clone(), exit_code });
+            }
+        }
+        Ok(ended)
+    }
+
+    async fn observe(&self, runner: &RunnerRow, load: &GroupLoad) -> Result<Option<Duration>> {
+        let name = if runner.handle.is_empty() { runner.id.clone() } else { runner.handle.clone() };
+        let Some(job) = self.job(&name) else { return Ok(None) };
+        let progress = format!("{}-of-{}", load.done, load.total);
+        if job.metadata.deletion_timestamp.is_some() {
+            return Ok(None);
+        }
+        if finished(&job).is_some() {
+            // Only the final counts are left to show.
+            if job.labels().get(labels::PROGRESS) != Some(&progress) || job.labels().contains_key(labels::WAITING) {
+                let patch = serde_json::json!({"metadata": {"labels": {labels::PROGRESS: progress, labels::WAITING: null}}});
+                self.jobs_api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.with_context(|| format!("updating Job {name}"))?;
+            }
+            return Ok(None);
+        }
+        let spec = job.spec.as_ref();
+        let gpus = job_gpus(&job);
+        let suspended = spec.and_then(|s| s.suspend).unwrap_or(false);
+        let current = spec.and_then(|s| s.parallelism).unwrap_or(1).max(1) as u32;
+        // Parallelism follows the queue (never shrinks: idle pods leave by themselves).
+        let wanted = (load.open.max(1) as u32).div_ceil(load.concurrency.max(1) as u32).clamp(1, self.settings.max_pods_per_job);
+        let mut parallelism = current.max(wanted);
+        let mut suspend = suspended;
+        if gpus > 0 {
+            let mine = if suspended { 0 } else { current * gpus };
+            let others = self.gpu_in_use().saturating_sub(mine.max(self.granted.lock().unwrap().get(&name).copied().unwrap_or(0)));
+            let room = self.settings.max_gpu_pods.saturating_sub(others) / gpus;
+            if room == 0 {
+                suspend = true;
+                parallelism = current;
+            } else {
+                suspend = false;
+                parallelism = parallelism.min(room).max(if suspended { 1 } else { current.min(room) });
+                self.granted.lock().unwrap().insert(name.clone(), parallelism * gpus);
+            }
+        }
+        let waiting_for = if suspend { None } else { self.unschedulable_for(&name) };
+        let waiting = if suspend {
+            Some("queued")
+        } else if waiting_for.is_some() {
+            Some("waiting-for-capacity")
+        } else {
+            None
+        };
+        let labels_now = job.labels();
+        let unchanged = labels_now.get(labels::PROGRESS) == Some(&progress)
+            && labels_now.get(labels::WAITING).map(String::as_str) == waiting
+            && parallelism == current
+            && suspend == suspended;
+        if !unchanged {
+            let patch = serde_json::json!({
+                "metadata": {"labels": {labels::PROGRESS: progress, labels::WAITING: waiting}},
+                "spec": {"parallelism": parallelism, "suspend": suspend},
+            });
+            self.jobs_api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("updating Job {name}"))?;
+        }
+        Ok(waiting_for)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(conditions: serde_json::Value) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+            "spec": {"template": {"spec": {"containers": [{"name": "task-runner", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}}},
+            "status": {"conditions": conditions}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_final_conditions_finish_a_job() {
+        assert_eq!(finished(&job(serde_json::json!([{"type": "Complete", "status": "True"}]))), Some(Some(0)));
+        assert_eq!(finished(&job(serde_json::json!([{"type": "SuccessCriteriaMet", "status": "True"}]))), None);
+        assert_eq!(finished(&job(serde_json::json!([{"type": "FailureTarget", "status": "True"}]))), None);
+        let failed = job(serde_json::json!([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+            "message": "Container task-runner for pod ns/p-execute-x failed with exit code 65 matching FailJob rule at index 0"}]));
+        assert_eq!(finished(&failed), Some(Some(65)));
+        let deadline = job(serde_json::json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]));
+        assert_eq!(finished(&deadline), Some(None));
+        assert_eq!(job_gpus(&deadline), 2);
+    }
+}

@@ -1,0 +1,339 @@
+//! The Kubernetes backend on a real control plane (tests/k8s/cluster.sh): real kube-apiserver,
+//! controller-manager (Job controller, pod GC, TTL) and scheduler; the node agent runs the
+//! stage Jobs' pods as real task-runner processes; the dispatcher uses its least-privilege
+//! ServiceAccount. One test at a time (node names are cluster-wide).
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::{api::{DeleteParams, PostParams}, Api};
+use proofjobs_api::proto::{GetProofRequest, GetRequest};
+use proofjobs_dispatcher::{
+    backend::RunnerSpec,
+    kubernetes::{
+        job_spec::{build_job, job_name, JobSettings},
+        profiles::StageProfiles,
+    },
+    Placement,
+};
+use proofjobs_pipeline::stage::{group_name, Mode, Stage};
+use proofjobs_tests::{kube_env::*, *};
+use sp1_prover_types::cluster::{cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest};
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+async fn submit(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8]) -> String {
+    let mut client = cluster.client().await;
+    client
+        .submit(futures::stream::iter(submit_messages(mode, program, stdin, now() + 3600, 0)))
+        .await
+        .unwrap()
+        .into_inner()
+        .proof_id
+}
+
+async fn dispatcher_client(env: &KubeEnv) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&env.dispatcher_kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// Every stage group Job of every mode and placement, created with the dispatcher's own
+/// (least-privilege) credentials: the real apiserver must accept each, and the account must
+/// not reach Secrets.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_stage_job_of_every_mode_is_accepted_by_the_apiserver() {
+    init_tracing();
+    let _k = kube_lock().await;
+    let options = KubeOptions { pools: Vec::new(), ..Default::default() };
+    let env = KubeEnv::create("postgres://unused@127.0.0.1:1/x", "redis://127.0.0.1:1", &options).unwrap();
+    let jobs: Api<Job> = Api::namespaced(dispatcher_client(&env).await, &env.namespace);
+    let profiles = StageProfiles::default();
+    let mut settings = JobSettings::for_tests(&env.namespace);
+    settings.service_account = Some("proofjobs-runner".into());
+    let mut created = 0;
+    for (i, mode) in [Mode::Execute, Mode::Core, Mode::Compressed, Mode::Plonk, Mode::Groth16].into_iter().enumerate() {
+        for placement in ["per-stage", "all", "execute,wrap/setup,prove-core,compress,shrink"] {
+            let placement = Placement::parse(placement).unwrap();
+            let mut groups: Vec<Vec<Stage>> = mode.stages().iter().map(|s| placement.group_of(*s).to_vec()).collect();
+            groups.dedup();
+            for (attempt, group) in groups.into_iter().enumerate() {
+                let proof_id = format!("proof-{}-{i}", mode.as_str());
+                let spec = RunnerSpec {
+                    runner_id: job_name(&proof_id, &group_name(&group), attempt as u32),
+                    proof_id,
+                    stages: group.clone(),
+                    deadline_secs: 3600,
+                };
+                for suspend in [false, true] {
+                    let mut job = build_job(&spec, &profiles.for_group(&group), &settings, suspend);
+                    if suspend {
+                        job.metadata.name = Some(format!("{}-s", spec.runner_id));
+                    }
+                    let name = job.metadata.name.clone().unwrap();
+                    let back = jobs.create(&PostParams::default(), &job).await.unwrap_or_else(|e| panic!("{name} ({}) rejected: {e}", mode.as_str()));
+                    let labels = back.metadata.labels.unwrap();
+                    assert_eq!(labels["proofjobs.io/stage"], group_name(&group));
+                    assert_eq!(back.spec.unwrap().pod_failure_policy.unwrap().rules.len(), 3);
+                    jobs.delete(&name, &DeleteParams::background()).await.unwrap();
+                    created += 1;
+                }
+            }
+        }
+    }
+    assert!(created >= 40, "{created}");
+    let can = std::process::Command::new(std::path::Path::new(&std::env::var("PROOFJOBS_K8S_BIN").unwrap()).join("kubectl"))
+        .args(["auth", "can-i", "get", "secrets", "-n", &env.namespace])
+        .env("KUBECONFIG", &env.dispatcher_kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&can.stdout).trim(), "no", "the dispatcher account must not read Secrets");
+}
+
+/// An execute-mode proof as a Job on the cpu pool, with progress and logs visible through
+/// kubectl; then an undecodable stdin: exit 65, the Job fails by its podFailurePolicy, the
+/// proof fails at once with the cause and no retry Job is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn stage_jobs_run_real_runners_and_bad_input_fails_without_retry() {
+    init_tracing();
+    let _k = kube_lock().await;
+    let options = KubeOptions::default();
+    let (cluster, env) = KubeEnv::cluster(&options).await.unwrap();
+    let mut client = cluster.client().await;
+
+    let id = submit(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(1000)).await;
+    let proof = wait_finished(&mut client, &id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
+    assert!(proof.cycles > 0);
+    let names = env.job_names(&id);
+    let execute_job = job_name(&id, "execute", 0);
+    assert_eq!(names, vec![execute_job.clone()]);
+    let view = env.jobs_view(&id);
+    let row = view.lines().find(|l| l.starts_with(&execute_job)).unwrap_or_else(|| panic!("{view}"));
+    assert!(row.contains("execute") && row.contains("1-of-1"), "progress label not kept current:\n{view}");
+    let logs = kubectl(&["-n", &env.namespace, "logs", &format!("job/{execute_job}")]);
+    assert!(logs.contains("runner started"), "kubectl logs shows no task-runner log:\n{logs}");
+
+    // Bad input from a cluster client: the stdin is not an SP1Stdin.
+    let mut conn = redis_connection().await;
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let (program_id, stdin_id) = (format!("artifact_prog_{suffix}"), format!("artifact_stdin_{suffix}"));
+    put_like_sp1_cluster(&mut conn, &program_id, &bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap()).await;
+    put_like_sp1_cluster(&mut conn, &stdin_id, b"\xff\xff\xff\xff\xff\xff\xff\xffnot an SP1Stdin").await;
+    let bad = format!("badstdin-{suffix}");
+    ClusterServiceClient::connect(cluster.endpoint.clone())
+        .await
+        .unwrap()
+        .proof_request_create(ProofRequestCreateRequest {
+            proof_id: bad.clone(),
+            program_artifact_id: program_id,
+            stdin_artifact_id: stdin_id,
+            options_artifact_id: Some("1".into()),
+            deadline: now() + 600,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let proof = wait_finished(&mut client, &bad, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(proof.status, "failed");
+    assert!(proof.failure_cause.contains("stdin is not a bincode-serialized SP1Stdin"), "{}", proof.failure_cause);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.job_names(&bad), vec![job_name(&bad, "execute", 0)], "no retry Job for bad input");
+    let status = kubectl(&["-n", &env.namespace, "get", "job", &job_name(&bad, "execute", 0), "-o", "jsonpath={.status.failed}/{.status.conditions[?(@.type==\"Failed\")].reason}"]);
+    assert_eq!(status, "1/PodFailurePolicy", "one pod, failed by the exit-65 rule");
+    let db = cluster.db.db().await;
+    let codes: Vec<Option<i32>> = sqlx::query_scalar("SELECT exit_code FROM runners WHERE proof_id = $1 AND backend = 'kubernetes'")
+        .bind(&bad)
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(codes, vec![Some(65)]);
+    cluster.shutdown().await;
+}
+
+/// Faults that must not fail a proof: a runner process killed mid-task (counted, a new attempt
+/// Job), and a stage Job deleted by hand (a new attempt Job). Execute mode of a long program
+/// keeps each runner busy long enough to hit it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_runner_and_a_deleted_job_get_new_attempts() {
+    init_tracing();
+    let _k = kube_lock().await;
+    let options = KubeOptions::default();
+    let (cluster, env) = KubeEnv::cluster(&options).await.unwrap();
+    let mut client = cluster.client().await;
+    let n = fibonacci_n_for_cycles(400_000_000);
+
+    // 1. kill -9 of the task-runner process of the first attempt.
+    let id = submit(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
+    let pid = wait_runner_process(&id, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // SAFETY: killing a task-runner process of this test.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
+    assert_eq!(env.job_names(&id), vec![job_name(&id, "execute", 0), job_name(&id, "execute", 1)]);
+
+    // 2. The stage Job deleted by hand while its pod works.
+    let id = submit(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
+    wait_runner_process(&id, Duration::from_secs(60)).await;
+    kubectl(&["-n", &env.namespace, "delete", "job", &job_name(&id, "execute", 0), "--cascade=background"]);
+    let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
+    assert!(env.job_names(&id).contains(&job_name(&id, "execute", 1)), "{:?}", env.job_names(&id));
+    cluster.shutdown().await;
+}
+
+/// The pid of a task-runner working on `proof_id` (found by its environment), once it has a task.
+async fn wait_runner_process(proof_id: &str, timeout: Duration) -> i32 {
+    let started = Instant::now();
+    let needle = format!("PROOFJOBS_PROOF_ID={proof_id}\0");
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+            if String::from_utf8_lossy(&environ).contains(&needle) && pid_alive(pid) {
+                return pid;
+            }
+        }
+        assert!(started.elapsed() < timeout, "no runner process for {proof_id}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A real core proof through Jobs: the execute stage on the cpu pool, setup and shard proving on
+/// the gpu pool, which starts at zero nodes, grows for the GPU stages and is gone ≤ 30 s after
+/// the last GPU stage ends. The dispatcher is killed and restarted mid-proof: no twin Jobs.
+/// (Setup and prove-core share a Job: two SP1 provers in separate pods do not fit this machine's
+/// 24 GiB next to the controller.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_core_proof_runs_through_jobs_and_the_gpu_pool_returns_to_zero() {
+    init_tracing();
+    let _prover = prover_lock().await;
+    let _k = kube_lock().await;
+    let options = KubeOptions { placement: "execute/setup,prove-core", ..Default::default() };
+    let (mut cluster, env) = KubeEnv::cluster(&options).await.unwrap();
+    let mut client = cluster.client().await;
+    let n = fibonacci_n_for_cycles(100_000);
+    let id = submit(&cluster, "core", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
+    let gpu_job = job_name(&id, "setup-prove-core", 0);
+
+    // Mid-proof: once the GPU Job exists, restart the dispatcher.
+    let started = Instant::now();
+    let mut views = Vec::new();
+    while !env.job_names(&id).contains(&gpu_job) {
+        assert!(started.elapsed() < Duration::from_secs(600), "no GPU Job:\n{}", env.node_agent_log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    views.push(env.jobs_view(&id));
+    cluster.kill_dispatcher();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.start_dispatcher();
+
+    let proof = loop {
+        let p = client.get(GetRequest { proof_id: id.clone() }).await.unwrap().into_inner();
+        if matches!(p.status.as_str(), "completed" | "failed" | "cancelled") {
+            break p;
+        }
+        if views.len() < 20 {
+            views.push(env.jobs_view(&id));
+        }
+        assert!(started.elapsed() < Duration::from_secs(1500), "proof did not finish");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
+    let finished_at = Instant::now();
+    assert_eq!(env.job_names(&id), vec![job_name(&id, "execute", 0), gpu_job.clone()], "twin or retry Jobs");
+    let final_view = env.jobs_view(&id);
+    assert!(final_view.lines().any(|l| l.starts_with(&gpu_job) && l.contains("setup-prove-core")), "{final_view}");
+    println!("kubectl get jobs during the proof:\n{}\nafter:\n{final_view}", views.join("\n"));
+    let logs = kubectl(&["-n", &env.namespace, "logs", &format!("job/{gpu_job}")]);
+    assert!(logs.contains("task succeeded"), "{logs}");
+
+    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let path = cluster.dir.path().join("k8s.proof");
+    std::fs::write(&path, bytes).unwrap();
+    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+
+    // Scale to zero: every gpu node that came up goes down within 30 s of the proof's end.
+    let deadline = finished_at + Duration::from_secs(30);
+    let gpu_nodes_up = |events: &[serde_json::Value]| {
+        let ups = events.iter().filter(|e| e["event"] == "node_up" && e["pool"] == "gpu").count();
+        let downs = events.iter().filter(|e| e["event"] == "node_down" && e["pool"] == "gpu").count();
+        (ups, downs)
+    };
+    loop {
+        let (ups, downs) = gpu_nodes_up(&env.node_events());
+        assert!(ups >= 1, "the gpu pool never grew: {:?}", env.node_events());
+        if ups == downs {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gpu nodes still up 30 s after the last GPU stage: {:?}", env.node_events());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let gone_after = finished_at.elapsed();
+    let events = env.node_events();
+    let node_secs = gpu_node_seconds(&events);
+    let db = cluster.db.db().await;
+    let intervals: Vec<(f64, f64)> = sqlx::query_as(
+        "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8 FROM tasks
+         WHERE proof_id = $1 AND stage IN ('setup', 'prove-core') AND started_at IS NOT NULL AND finished_at IS NOT NULL",
+    )
+    .bind(&id)
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let task_secs: f64 = intervals.iter().map(|(a, b)| b - a).sum();
+    let busy_secs = union_length(intervals);
+    println!(
+        "GPU node-seconds {node_secs:.1}; GPU task-seconds {task_secs:.1} (tasks overlap; wall time with a GPU task running {busy_secs:.1} s); gpu pool back to zero {:.1} s after the proof ended",
+        gone_after.as_secs_f64()
+    );
+    assert!(busy_secs > 0.0 && node_secs >= busy_secs, "node-seconds {node_secs} < GPU-busy seconds {busy_secs}");
+    cluster.shutdown().await;
+}
+
+/// Seconds gpu nodes were up, from the node agent's node_up/node_down events.
+fn gpu_node_seconds(events: &[serde_json::Value]) -> f64 {
+    let mut up: std::collections::HashMap<String, f64> = Default::default();
+    let mut total = 0.0;
+    for e in events.iter().filter(|e| e["pool"] == "gpu") {
+        let node = e["node"].as_str().unwrap_or_default().to_string();
+        let t = e["t"].as_f64().unwrap_or(0.0) / 1000.0; // unix milliseconds
+        match e["event"].as_str() {
+            Some("node_up") => {
+                up.insert(node, t);
+            }
+            Some("node_down") => {
+                if let Some(start) = up.remove(&node) {
+                    total += t - start;
+                }
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// Total length of the union of time intervals.
+fn union_length(mut intervals: Vec<(f64, f64)>) -> f64 {
+    intervals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut total = 0.0;
+    let mut current: Option<(f64, f64)> = None;
+    for (a, b) in intervals {
+        current = match current {
+            Some((s, e)) if a <= e => Some((s, e.max(b))),
+            Some((s, e)) => {
+                total += e - s;
+                Some((a, b))
+            }
+            None => Some((a, b)),
+        };
+    }
+    total + current.map(|(s, e)| e - s).unwrap_or(0.0)
+}
