@@ -67,6 +67,8 @@ pub struct KubeOptions {
     /// Pools the node agent runs (`--pool` specs); empty: no node agent.
     pub pools: Vec<String>,
     pub idle_secs: u64,
+    /// More dispatcher settings (caps).
+    pub dispatcher_env: Vec<(&'static str, String)>,
 }
 
 impl Default for KubeOptions {
@@ -79,6 +81,7 @@ impl Default for KubeOptions {
                 "gpu:min=0,max=2,cpu=16,memory=64Gi,gpus=1".into(),
             ],
             idle_secs: 5,
+            dispatcher_env: Vec::new(),
         }
     }
 }
@@ -133,6 +136,9 @@ impl KubeEnv {
             format!("{RUNNER_IMAGE}={}", bin("task-runner").display()),
             "--scale-up-delay-ms".into(),
             "1000".into(),
+            // A deleted Node is noticed (and its processes stopped) within 2 s.
+            "--ready-secs".into(),
+            "2".into(),
             "--idle-secs".into(),
             options.idle_secs.to_string(),
             "--events".into(),
@@ -164,7 +170,7 @@ impl KubeEnv {
 
     /// The dispatcher environment for the Kubernetes backend in this namespace.
     pub fn dispatcher_env(&self, options: &KubeOptions) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("PROOFJOBS_BACKEND", "kubernetes".into()),
             ("KUBECONFIG", self.dispatcher_kubeconfig.display().to_string()),
             ("PROOFJOBS_NAMESPACE", self.namespace.clone()),
@@ -172,7 +178,9 @@ impl KubeEnv {
             ("PROOFJOBS_RUNNER_SERVICE_ACCOUNT", "proofjobs-runner".into()),
             ("PROOFJOBS_PLACEMENT", options.placement.into()),
             ("PROOFJOBS_CAPACITY_WAIT_SECS", options.capacity_wait_secs.to_string()),
-        ]
+        ];
+        env.extend(options.dispatcher_env.iter().cloned());
+        env
     }
 
     /// api + Kubernetes-backed dispatcher on a database of their own, plus this environment.

@@ -36,8 +36,9 @@ pub fn required_env(name: &str) -> String {
 /// The directory holding the workspace's binaries (target/<profile>).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test binary>
-    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+    // target/<profile>/deps/<test binary>, or target/<profile>/<tool such as kube-bench>
+    let dir = exe.parent().unwrap();
+    if dir.ends_with("deps") { dir.parent().unwrap().to_path_buf() } else { dir.to_path_buf() }
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -324,4 +325,44 @@ pub fn submit_messages(mode: &str, program: &[u8], stdin: &[u8], deadline: u64, 
         messages.push(SubmitRequest { part: Some(Part::StdinChunk(stdin.to_vec())) });
     }
     messages
+}
+
+/// A proof made stage-ready without the api or a controller: its row plus `tasks` pending tasks
+/// of `task_type` in `stage` (for dispatch tests and benchmarks that never run them).
+pub async fn insert_stage_ready_proof(
+    db: &proofjobs_pipeline::state::Db,
+    id: &str,
+    stage: proofjobs_pipeline::stage::Stage,
+    task_type: sp1_prover_types::TaskType,
+    tasks: usize,
+) -> Result<()> {
+    use proofjobs_pipeline::state::{NewProof, NewTask};
+    let proof = NewProof {
+        id: id.to_string(),
+        mode: proofjobs_pipeline::stage::Mode::Core,
+        program_artifact: format!("artifact_p_{id}"),
+        stdin_artifact: format!("artifact_s_{id}"),
+        proof_artifact: format!("artifact_o_{id}"),
+        cycle_limit: None,
+        deadline: chrono::Utc::now() + chrono::TimeDelta::hours(10),
+        idempotency_key: None,
+        requester: Vec::new(),
+        gas_limit: None,
+        scheduled_by: None,
+        stdin_private: false,
+    };
+    let task = || NewTask {
+        id: proofjobs_pipeline::ids::new_task_id(),
+        task_type: task_type as i32,
+        stage: Some(stage),
+        inputs: vec![proof.program_artifact.clone(), proof.stdin_artifact.clone()],
+        outputs: vec![proof.proof_artifact.clone()],
+        parent_id: None,
+        requester: String::new(),
+    };
+    db.insert_proof(&proof, &task()).await?;
+    for _ in 1..tasks {
+        db.submit_task(id, &task()).await?;
+    }
+    Ok(())
 }

@@ -154,10 +154,11 @@ async fn stage_jobs_run_real_runners_and_bad_input_fails_without_retry() {
 }
 
 /// Faults that must not fail a proof: a runner process killed mid-task (counted, a new attempt
-/// Job), and a stage Job deleted by hand (a new attempt Job). Execute mode of a long program
+/// Job), a stage Job deleted by hand (a new attempt Job), and a node deleted under a running pod
+/// (replaced inside the Job, not counted). Execute mode of a long program
 /// keeps each runner busy long enough to hit it.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_killed_runner_and_a_deleted_job_get_new_attempts() {
+async fn a_killed_runner_a_deleted_job_and_a_lost_node_do_not_fail_the_proof() {
     init_tracing();
     let _k = kube_lock().await;
     let options = KubeOptions::default();
@@ -182,7 +183,102 @@ async fn a_killed_runner_and_a_deleted_job_get_new_attempts() {
     let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
     assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
     assert!(env.job_names(&id).contains(&job_name(&id, "execute", 1)), "{:?}", env.job_names(&id));
+
+    // 3. The node under a running pod is deleted (a lost machine): the pod GC fails the pod with
+    // DisruptionTarget, the Job replaces it (podFailurePolicy Ignore), no failure is counted.
+    let id = submit(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
+    let pid = wait_runner_process(&id, Duration::from_secs(60)).await;
+    let job = job_name(&id, "execute", 0);
+    let node = kubectl(&["-n", &env.namespace, "get", "pods", "-l", &format!("batch.kubernetes.io/job-name={job}"), "-o", "jsonpath={.items[0].spec.nodeName}"]);
+    assert!(!node.is_empty());
+    kubectl(&["delete", "node", &node, "--wait=false"]);
+    let gone = Instant::now();
+    while pid_alive(pid) {
+        assert!(gone.elapsed() < Duration::from_secs(30), "the lost node's runner process is still running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
+    assert_eq!(env.job_names(&id), vec![job.clone()], "a lost node is retried inside the Job, not as a new attempt");
+    let db = cluster.db.db().await;
+    let failures: i32 = sqlx::query_scalar("SELECT runner_failures FROM proofs WHERE id = $1").bind(&id).fetch_one(db.pool()).await.unwrap();
+    assert_eq!(failures, 0, "a lost node is not the runner's failure");
+    let pods = kubectl(&["-n", &env.namespace, "get", "pods", "-l", &format!("batch.kubernetes.io/job-name={job}"), "-o", "name"]);
+    println!("pods of {job} after the node loss:\n{pods}");
     cluster.shutdown().await;
+}
+
+/// GPU Jobs follow their queue within the caps: a proof with 8 waiting shard tasks gets a Job of
+/// parallelism 2 (the per-Job cap; 4 tasks per runner), the next proof's Job takes the last GPU of
+/// the global cap of 3, and a third proof's Job is created suspended (`waiting=queued`) until the
+/// first proof is cancelled. With no gpu nodes at all, pods stay unschedulable: Jobs say
+/// `waiting-for-capacity`, and a dispatcher restarted with a 5 s limit fails those proofs with that
+/// cause (adopting the Jobs it finds, no twins).
+#[tokio::test(flavor = "multi_thread")]
+async fn gpu_jobs_follow_the_queue_within_caps_and_capacity_wait_fails_the_proof() {
+    init_tracing();
+    let _k = kube_lock().await;
+    let options = KubeOptions {
+        pools: Vec::new(),
+        dispatcher_env: vec![("PROOFJOBS_MAX_GPU_PODS", "3".into()), ("PROOFJOBS_MAX_PODS_PER_JOB", "2".into())],
+        ..Default::default()
+    };
+    let (mut cluster, env) = KubeEnv::cluster(&options).await.unwrap();
+    let db = cluster.db.db().await;
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let ids: Vec<String> = ["a", "b", "c"].iter().map(|p| format!("cap-{p}-{suffix}")).collect();
+    let job = |id: &str| {
+        kubectl(&["-n", &env.namespace, "get", "job", &job_name(id, "prove-core", 0), "-o",
+            "jsonpath={.spec.parallelism}/{.spec.suspend}/{.metadata.labels.proofjobs\\.io/waiting}"])
+    };
+    // One at a time, each Job settled before the next proof arrives, so the caps' order is known.
+    for (id, tasks, parallelism) in [(&ids[0], 8, "2/"), (&ids[1], 1, "1/"), (&ids[2], 1, "1/")] {
+        insert_stage_ready_proof(&db, id, Stage::ProveCore, sp1_prover_types::TaskType::ProveShard, tasks).await.unwrap();
+        wait_job(&env, &job_name(id, "prove-core", 0)).await;
+        let started = Instant::now();
+        while !job(id).starts_with(parallelism) {
+            assert!(started.elapsed() < Duration::from_secs(30), "{id}: {}", job(id));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let settle = Instant::now();
+    loop {
+        let states = (job(&ids[0]), job(&ids[1]), job(&ids[2]));
+        if states == ("2/false/waiting-for-capacity".into(), "1/false/waiting-for-capacity".into(), "1/true/queued".into()) {
+            break;
+        }
+        assert!(settle.elapsed() < Duration::from_secs(60), "Jobs never reached the capped shape: {states:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Freeing the first proof's GPUs lets the queued Job start.
+    cluster.client().await.cancel(proofjobs_api::proto::CancelRequest { proof_id: ids[0].clone() }).await.unwrap();
+    let resumed = Instant::now();
+    while !job(&ids[2]).starts_with("1/false") {
+        assert!(resumed.elapsed() < Duration::from_secs(60), "queued Job never resumed: {}", job(&ids[2]));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // A short capacity limit: the unschedulable proofs fail with that cause.
+    cluster.kill_dispatcher();
+    cluster.dispatcher_env.retain(|(k, _)| *k != "PROOFJOBS_CAPACITY_WAIT_SECS");
+    cluster.dispatcher_env.push(("PROOFJOBS_CAPACITY_WAIT_SECS", "5".into()));
+    cluster.start_dispatcher();
+    let mut client = cluster.client().await;
+    for id in &ids[1..] {
+        let proof = wait_finished(&mut client, id, Duration::from_secs(120)).await.unwrap();
+        assert_eq!(proof.status, "failed");
+        assert!(proof.failure_cause.contains("waiting for capacity") && proof.failure_cause.contains("prove-core"), "{}", proof.failure_cause);
+        assert_eq!(env.job_names(id), vec![job_name(id, "prove-core", 0)], "no twin after the restart");
+    }
+    cluster.shutdown().await;
+}
+
+async fn wait_job(env: &KubeEnv, name: &str) {
+    let started = Instant::now();
+    while !kubectl(&["-n", &env.namespace, "get", "jobs", "-o", "name"]).contains(name) {
+        assert!(started.elapsed() < Duration::from_secs(30), "Job {name} was never created");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The pid of a task-runner working on `proof_id` (found by its environment), once it has a task.

@@ -279,6 +279,7 @@ impl Autoscaler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
+            self.fleet.forget_lost_nodes();
             tokio::select! {
                 _ = cancel.cancelled() => { adding.abort_all(); return; }
                 Some(done) = adding.join_next(), if !adding.is_empty() => {

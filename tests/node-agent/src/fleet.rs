@@ -215,6 +215,25 @@ impl Fleet {
         tracing::info!(node = %name, pool = %entry.pool, "node down");
     }
 
+    /// Forgets nodes whose agent stopped by itself (their Node was deleted from the API: a lost
+    /// machine), recording them as down.
+    pub fn forget_lost_nodes(&self) {
+        let lost: Vec<(String, String)> = {
+            let mut st = self.lock();
+            let names: Vec<String> = st
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.task.as_ref().is_some_and(|t| t.is_finished()))
+                .map(|(name, _)| name.clone())
+                .collect();
+            names.into_iter().filter_map(|name| st.nodes.remove(&name).map(|n| (name, n.pool))).collect()
+        };
+        for (name, pool) in lost {
+            self.events.record(NODE_DOWN, &name, &pool);
+            tracing::info!(node = %name, pool = %pool, "node lost");
+        }
+    }
+
     /// Kills every pod process and deletes every Node this fleet created.
     pub async fn shutdown(&self) {
         let names: Vec<String> = self.lock().nodes.keys().cloned().collect();

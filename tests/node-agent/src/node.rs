@@ -251,8 +251,15 @@ async fn heartbeats(
             _ = ready_tick.tick() => {
                 let status = node_status(&name, &pool, ctx.log_port, Timestamp::now(), since);
                 let body = json!({"status": {"conditions": status.conditions, "daemonEndpoints": status.daemon_endpoints}});
-                if let Err(err) = nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
-                    tracing::warn!(node = %name, %err, "Ready refresh failed");
+                match nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&body)).await {
+                    Ok(_) => {}
+                    // Someone deleted our Node: the machine is gone, and so are its processes.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        tracing::warn!(node = %name, "Node deleted from the API: stopping this node and its pods");
+                        cancel.cancel();
+                        return;
+                    }
+                    Err(err) => tracing::warn!(node = %name, %err, "Ready refresh failed"),
                 }
             }
         }

@@ -262,6 +262,12 @@ impl Worker {
         };
         let latest = self.latest().unwrap_or(pod);
         if matches!(ending, Ending::Shutdown) {
+            // A node deleted from the API is a machine that vanished: it reports nothing, and
+            // the pod GC marks its pods failed (DisruptionTarget), as in a real cluster.
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.ctx.client.clone());
+            if matches!(nodes.get_opt(&self.node).await, Ok(None)) {
+                return;
+            }
             let _ = tokio::time::timeout(SHUTDOWN_STATUS_TIMEOUT, self.write_terminal(&latest, &t))
                 .await;
             return;
