@@ -366,3 +366,44 @@ pub async fn insert_stage_ready_proof(
     }
     Ok(())
 }
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Submit a proof over ProverService; the api's status on refusal.
+pub async fn submit(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8], deadline: u64) -> Result<String, tonic::Status> {
+    submit_limited(cluster, mode, program, stdin, deadline, 0).await
+}
+
+pub async fn submit_limited(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8], deadline: u64, cycle_limit: u64) -> Result<String, tonic::Status> {
+    let mut client = cluster.client().await;
+    client
+        .submit(futures::stream::iter(submit_messages(mode, program, stdin, deadline, cycle_limit)))
+        .await
+        .map(|r| r.into_inner().proof_id)
+}
+
+/// As an sp1-cluster client would: upload a good program and a stdin that is not an SP1Stdin to
+/// Redis, then ProofRequestCreate `proof_id`. The api cannot see the stdin is bad; the runner can.
+pub async fn create_proof_with_undecodable_stdin(cluster: &Cluster, proof_id: &str) {
+    use sp1_prover_types::cluster::{cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest};
+    let mut conn = redis_connection().await;
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let (program_id, stdin_id) = (format!("artifact_prog_{suffix}"), format!("artifact_stdin_{suffix}"));
+    put_like_sp1_cluster(&mut conn, &program_id, &bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap()).await;
+    put_like_sp1_cluster(&mut conn, &stdin_id, b"\xff\xff\xff\xff\xff\xff\xff\xffnot an SP1Stdin").await;
+    ClusterServiceClient::connect(cluster.endpoint.clone())
+        .await
+        .unwrap()
+        .proof_request_create(ProofRequestCreateRequest {
+            proof_id: proof_id.to_string(),
+            program_artifact_id: program_id,
+            stdin_artifact_id: stdin_id,
+            options_artifact_id: Some("1".into()),
+            deadline: now() + 600,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}

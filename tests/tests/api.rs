@@ -10,22 +10,6 @@ use proofjobs_tests::*;
 use sp1_prover_types::cluster::{cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest};
 use tonic::Code;
 
-async fn submit(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8], deadline: u64) -> Result<String, tonic::Status> {
-    submit_limited(cluster, mode, program, stdin, deadline, 0).await
-}
-
-async fn submit_limited(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8], deadline: u64, cycle_limit: u64) -> Result<String, tonic::Status> {
-    let mut client = cluster.client().await;
-    client
-        .submit(futures::stream::iter(submit_messages(mode, program, stdin, deadline, cycle_limit)))
-        .await
-        .map(|r| r.into_inner().proof_id)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn execute_mode_reports_the_same_cycles_as_sp1_sdk() {
     init_tracing();
@@ -204,25 +188,8 @@ fn task_runner_exit_codes_follow_the_contract() {
 async fn an_undecodable_stdin_uploaded_by_a_cluster_client_fails_the_proof_with_exit_65() {
     init_tracing();
     let cluster = Cluster::start(None, &[]).await.unwrap();
-    let mut conn = redis_connection().await;
-    let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let program_id = format!("artifact_prog_{suffix}");
-    let stdin_id = format!("artifact_stdin_{suffix}");
-    put_like_sp1_cluster(&mut conn, &program_id, &bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap()).await;
-    put_like_sp1_cluster(&mut conn, &stdin_id, b"\xff\xff\xff\xff\xff\xff\xff\xffnot an SP1Stdin").await;
-    let mut client = ClusterServiceClient::connect(cluster.endpoint.clone()).await.unwrap();
-    let proof_id = format!("cli_badstdin_{suffix}");
-    client
-        .proof_request_create(ProofRequestCreateRequest {
-            proof_id: proof_id.clone(),
-            program_artifact_id: program_id,
-            stdin_artifact_id: stdin_id,
-            options_artifact_id: Some("1".into()),
-            deadline: now() + 600,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let proof_id = format!("cli_badstdin_{}", uuid::Uuid::now_v7().simple());
+    create_proof_with_undecodable_stdin(&cluster, &proof_id).await;
     let mut prover = cluster.client().await;
     let proof = wait_finished(&mut prover, &proof_id, Duration::from_secs(60)).await.unwrap();
     assert_eq!(proof.status, "failed");

@@ -18,20 +18,9 @@ use proofjobs_dispatcher::{
 };
 use proofjobs_pipeline::stage::{group_name, Mode, Stage};
 use proofjobs_tests::{kube_env::*, *};
-use sp1_prover_types::cluster::{cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest};
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-async fn submit(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8]) -> String {
-    let mut client = cluster.client().await;
-    client
-        .submit(futures::stream::iter(submit_messages(mode, program, stdin, now() + 3600, 0)))
-        .await
-        .unwrap()
-        .into_inner()
-        .proof_id
+async fn submit_ok(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8]) -> String {
+    submit(cluster, mode, program, stdin, now() + 3600).await.unwrap()
 }
 
 async fn dispatcher_client(env: &KubeEnv) -> kube::Client {
@@ -103,7 +92,7 @@ async fn stage_jobs_run_real_runners_and_bad_input_fails_without_retry() {
     let (cluster, env) = KubeEnv::cluster(&options).await.unwrap();
     let mut client = cluster.client().await;
 
-    let id = submit(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(1000)).await;
+    let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(1000)).await;
     let proof = wait_finished(&mut client, &id, Duration::from_secs(120)).await.unwrap();
     assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
     assert!(proof.cycles > 0);
@@ -117,25 +106,8 @@ async fn stage_jobs_run_real_runners_and_bad_input_fails_without_retry() {
     assert!(logs.contains("runner started"), "kubectl logs shows no task-runner log:\n{logs}");
 
     // Bad input from a cluster client: the stdin is not an SP1Stdin.
-    let mut conn = redis_connection().await;
-    let suffix = uuid::Uuid::now_v7().simple().to_string();
-    let (program_id, stdin_id) = (format!("artifact_prog_{suffix}"), format!("artifact_stdin_{suffix}"));
-    put_like_sp1_cluster(&mut conn, &program_id, &bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap()).await;
-    put_like_sp1_cluster(&mut conn, &stdin_id, b"\xff\xff\xff\xff\xff\xff\xff\xffnot an SP1Stdin").await;
-    let bad = format!("badstdin-{suffix}");
-    ClusterServiceClient::connect(cluster.endpoint.clone())
-        .await
-        .unwrap()
-        .proof_request_create(ProofRequestCreateRequest {
-            proof_id: bad.clone(),
-            program_artifact_id: program_id,
-            stdin_artifact_id: stdin_id,
-            options_artifact_id: Some("1".into()),
-            deadline: now() + 600,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let bad = format!("badstdin-{}", uuid::Uuid::now_v7().simple());
+    create_proof_with_undecodable_stdin(&cluster, &bad).await;
     let proof = wait_finished(&mut client, &bad, Duration::from_secs(120)).await.unwrap();
     assert_eq!(proof.status, "failed");
     assert!(proof.failure_cause.contains("stdin is not a bincode-serialized SP1Stdin"), "{}", proof.failure_cause);
@@ -167,7 +139,7 @@ async fn a_killed_runner_a_deleted_job_and_a_lost_node_do_not_fail_the_proof() {
     let n = fibonacci_n_for_cycles(400_000_000);
 
     // 1. kill -9 of the task-runner process of the first attempt.
-    let id = submit(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
+    let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
     let pid = wait_runner_process(&id, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // SAFETY: killing a task-runner process of this test.
@@ -177,7 +149,7 @@ async fn a_killed_runner_a_deleted_job_and_a_lost_node_do_not_fail_the_proof() {
     assert_eq!(env.job_names(&id), vec![job_name(&id, "execute", 0), job_name(&id, "execute", 1)]);
 
     // 2. The stage Job deleted by hand while its pod works.
-    let id = submit(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
+    let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
     wait_runner_process(&id, Duration::from_secs(60)).await;
     kubectl(&["-n", &env.namespace, "delete", "job", &job_name(&id, "execute", 0), "--cascade=background"]);
     let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
@@ -186,7 +158,7 @@ async fn a_killed_runner_a_deleted_job_and_a_lost_node_do_not_fail_the_proof() {
 
     // 3. The node under a running pod is deleted (a lost machine): the pod GC fails the pod with
     // DisruptionTarget, the Job replaces it (podFailurePolicy Ignore), no failure is counted.
-    let id = submit(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
+    let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
     let pid = wait_runner_process(&id, Duration::from_secs(60)).await;
     let job = job_name(&id, "execute", 0);
     let node = kubectl(&["-n", &env.namespace, "get", "pods", "-l", &format!("batch.kubernetes.io/job-name={job}"), "-o", "jsonpath={.items[0].spec.nodeName}"]);
@@ -312,7 +284,7 @@ async fn a_core_proof_runs_through_jobs_and_the_gpu_pool_returns_to_zero() {
     let (mut cluster, env) = KubeEnv::cluster(&options).await.unwrap();
     let mut client = cluster.client().await;
     let n = fibonacci_n_for_cycles(100_000);
-    let id = submit(&cluster, "core", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
+    let id = submit_ok(&cluster, "core", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
     let gpu_job = job_name(&id, "setup-prove-core", 0);
 
     // Mid-proof: once the GPU Job exists, restart the dispatcher.

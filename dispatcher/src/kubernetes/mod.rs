@@ -145,8 +145,8 @@ impl KubeBackend {
     }
 
     /// Per-pod runner rows: close those whose pod ended or vanished (their tasks go back).
-    async fn reap_pods(&self) -> Result<()> {
-        for row in self.db.live_runners(POD_BACKEND).await? {
+    async fn reap_pods(&self, rows: &[RunnerRow]) -> Result<()> {
+        for row in rows {
             let pod = self.pods.get(&ObjectRef::new(&row.id).within(&self.settings.job.namespace));
             match pod {
                 Some(pod) => {
@@ -155,7 +155,7 @@ impl KubeBackend {
                         self.db.runner_exited(&row.id, container_exit_code(&pod), None).await?;
                     }
                 }
-                None if age(&row) > VANISH_GRACE => {
+                None if age(row) > VANISH_GRACE => {
                     tracing::warn!(pod = %row.id, "runner pod vanished; its tasks go back to the queue");
                     self.db.runner_exited(&row.id, None, Some("pod vanished")).await?;
                 }
@@ -181,6 +181,11 @@ where
             changed.notify_one();
         }
     })
+}
+
+/// The Job a runner row stands for: its handle once launched (the id is the same name).
+fn job_of(runner: &RunnerRow) -> &str {
+    if runner.handle.is_empty() { &runner.id } else { &runner.handle }
 }
 
 fn age(row: &RunnerRow) -> Duration {
@@ -267,7 +272,7 @@ impl Backend for KubeBackend {
     }
 
     async fn stop(&self, runner: &RunnerRow) -> Result<()> {
-        let name = if runner.handle.is_empty() { &runner.id } else { &runner.handle };
+        let name = job_of(runner);
         if self.job(name).is_some_and(|j| j.metadata.deletion_timestamp.is_some() || finished(&j).is_some()) {
             return Ok(());
         }
@@ -283,13 +288,15 @@ impl Backend for KubeBackend {
     }
 
     async fn reap(&self, live: &[RunnerRow]) -> Result<Vec<Ended>> {
-        self.reap_pods().await?;
+        // Pod rows, read once: closed below when their pod ended, or when their Job did.
+        let pod_rows = self.db.live_runners(POD_BACKEND).await?;
+        self.reap_pods(&pod_rows).await?;
         let mut ended = Vec::new();
         for runner in live {
-            let name = if runner.handle.is_empty() { &runner.id } else { &runner.handle };
+            let name = job_of(runner);
             let outcome = match self.job(name) {
                 Some(job) => {
-                    self.seen.lock().unwrap().insert(name.clone());
+                    self.seen.lock().unwrap().insert(name.to_string());
                     finished(&job)
                 }
                 None if self.seen.lock().unwrap().remove(name) || age(runner) > VANISH_GRACE => {
@@ -300,7 +307,8 @@ impl Backend for KubeBackend {
             };
             if let Some(exit_code) = outcome {
                 // Its pods have all stopped; close their rows so their tasks are back now.
-                for pod in self.db.live_runners(POD_BACKEND).await?.into_iter().filter(|p| p.handle == *name) {
+                // runner_exited closes a row once; rows reap_pods just closed are left as they are.
+                for pod in pod_rows.iter().filter(|p| p.handle == *name) {
                     self.db.runner_exited(&pod.id, None, Some("its Job ended")).await?;
                 }
                 self.granted.lock().unwrap().remove(name);
@@ -311,7 +319,7 @@ impl Backend for KubeBackend {
     }
 
     async fn observe(&self, runner: &RunnerRow, load: &GroupLoad) -> Result<Option<Duration>> {
-        let name = if runner.handle.is_empty() { runner.id.clone() } else { runner.handle.clone() };
+        let name = job_of(runner).to_string();
         let Some(job) = self.job(&name) else { return Ok(None) };
         let progress = format!("{}-of-{}", load.done, load.total);
         if job.metadata.deletion_timestamp.is_some() {
