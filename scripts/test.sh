@@ -13,4 +13,7 @@ started=$(date +%s)
 eval "$(tests/k8s/cluster.sh start)"
 echo "control plane up in $(( $(date +%s) - started )) s (includes its build when not cached)" >&2
 cargo build --release --workspace --bins
+# Runners load SP1's recursion keys from this cache; the first run computes it (~3 min, ~7 GB in
+# ~/.cache/proofjobs/sp1-keys), later runs verify it (~30 s).
+warm-keys
 cargo test --release --workspace --no-fail-fast "$@"

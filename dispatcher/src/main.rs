@@ -66,6 +66,10 @@ struct KubeArgs {
     max_pods_per_job: u32,
     #[arg(long, env = "PROOFJOBS_JOB_TTL_SECS", default_value_t = 3600)]
     job_ttl_secs: i32,
+    /// Node directory mounted into runner pods as their recursion-key cache (hostPath; needs a
+    /// namespace whose Pod Security allows it). Unset: runners use the cache baked into the image.
+    #[arg(long, env = "PROOFJOBS_KEY_CACHE_HOST_PATH")]
+    key_cache_host_path: Option<String>,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -109,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
                     extra_env: args.kube.runner_env,
                     ttl_after_finished_secs: args.kube.job_ttl_secs,
                     shm_size: "2Gi".into(),
+                    key_cache_host_path: args.kube.key_cache_host_path.filter(|p| !p.is_empty()),
                 },
                 profiles,
                 max_gpu_pods: args.kube.max_gpu_pods,

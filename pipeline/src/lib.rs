@@ -8,3 +8,4 @@ pub mod stage;
 pub mod state;
 pub mod bus;
 pub mod artifacts;
+pub mod memory;

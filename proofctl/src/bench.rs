@@ -21,6 +21,10 @@ pub enum BenchCommand {
         /// Skip the direct sp1-sdk baseline.
         #[arg(long)]
         no_baseline: bool,
+        /// Runner key-cache settings to compare, comma separated: `on` (PROOFJOBS_KEY_CACHE as
+        /// set, else the default directory) and/or `off` (every recursion key computed).
+        #[arg(long, default_value = "on")]
+        key_cache: String,
     },
     /// (internal) One direct sp1-sdk proof in this process; prints a JSON line.
     #[command(hide = true)]
@@ -34,23 +38,11 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Fibonacci { mcycles, modes, no_baseline } => fibonacci(mcycles, &modes, !no_baseline).await,
+        BenchCommand::Fibonacci { mcycles, modes, no_baseline, key_cache } => {
+            fibonacci(mcycles, &modes, !no_baseline, &key_cache).await
+        }
         BenchCommand::Sdk { n, mode } => sdk(n, &mode).await,
     }
-}
-
-fn peak_rss_self_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn peak_rss_children_kb() -> u64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage fills the struct we own.
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    usage.ru_maxrss as u64
 }
 
 pub fn fibonacci_stdin(n: u64) -> sp1_sdk::SP1Stdin {
@@ -61,13 +53,20 @@ pub fn fibonacci_stdin(n: u64) -> sp1_sdk::SP1Stdin {
 
 struct Row {
     mode: String,
+    key_cache: String,
     pipeline_s: f64,
-    pipeline_rss_kb: u64,
+    runner_rss_mb: Option<u64>,
     runner_init_s: Option<f64>,
     sdk: Option<serde_json::Value>,
 }
 
-async fn fibonacci(mcycles: f64, modes: &str, baseline: bool) -> Result<()> {
+async fn fibonacci(mcycles: f64, modes: &str, baseline: bool, key_cache: &str) -> Result<()> {
+    let configured_cache = std::env::var_os("PROOFJOBS_KEY_CACHE");
+    let cache_settings: Vec<&str> = key_cache.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    anyhow::ensure!(
+        !cache_settings.is_empty() && cache_settings.iter().all(|s| ["on", "off"].contains(s)),
+        "--key-cache takes on and/or off, not {key_cache:?}"
+    );
     let n = fibonacci_n_for_cycles((mcycles * 1e6) as u64);
     let dir = tempfile::tempdir()?;
     let elf = dir.path().join("fibonacci.elf");
@@ -77,7 +76,14 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool) -> Result<()> {
     let mut rows = Vec::new();
     let mut cycles = 0;
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-        eprintln!("bench: fibonacci n={n}, mode {mode}: embedded pipeline");
+      for setting in &cache_settings {
+        // Runners inherit the environment of this process (embedded mode's local backend).
+        match (*setting, &configured_cache) {
+            ("off", _) => std::env::set_var("PROOFJOBS_KEY_CACHE", "off"),
+            (_, Some(dir)) => std::env::set_var("PROOFJOBS_KEY_CACHE", dir),
+            (_, None) => std::env::remove_var("PROOFJOBS_KEY_CACHE"),
+        }
+        eprintln!("bench: fibonacci n={n}, mode {mode}, key cache {setting}: embedded pipeline");
         let args = ProveArgs {
             elf: elf.clone(),
             stdin: Some(stdin_path.clone()),
@@ -94,8 +100,8 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool) -> Result<()> {
         let pipeline_s = started.elapsed().as_secs_f64();
         anyhow::ensure!(proof.status == "completed", "pipeline proof {}: {}", proof.status, proof.failure_cause);
         cycles = proof.cycles;
-        let pipeline_rss_kb = peak_rss_children_kb();
-        let sdk = if baseline {
+        // One baseline per mode, after the last pipeline run of that mode.
+        let sdk = if baseline && setting == cache_settings.last().expect("checked non-empty") {
             eprintln!("bench: fibonacci n={n}, mode {mode}: sp1-sdk CpuProver in a fresh process");
             let out = std::process::Command::new(std::env::current_exe()?)
                 .args(["bench", "sdk", "--n", &n.to_string(), "--mode", mode])
@@ -107,22 +113,35 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool) -> Result<()> {
         } else {
             None
         };
-        rows.push(Row { mode: mode.to_string(), pipeline_s, pipeline_rss_kb, runner_init_s: run.worker_init_secs, sdk });
+        rows.push(Row {
+            mode: mode.to_string(),
+            key_cache: setting.to_string(),
+            pipeline_s,
+            runner_rss_mb: run.runner_peak_rss_mb,
+            runner_init_s: run.worker_init_secs,
+            sdk,
+        });
+      }
     }
     println!("fibonacci n={n} ({cycles} cycles), {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("| mode | proofjobs embedded (s) | sp1-sdk direct (s) | ratio | proofjobs peak RSS (GB) | sp1-sdk peak RSS (GB) | runner prover init (s) | sp1-sdk prover init (s) |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for row in rows {
+    println!("| mode | key cache | proofjobs embedded (s) | sp1-sdk direct (s) | ratio | runner peak RSS (GB) | sp1-sdk peak RSS (GB) | runner prover init (s) | sp1-sdk prover init (s) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    // Every row of a mode compares against that mode's one baseline run.
+    let baselines: std::collections::HashMap<String, serde_json::Value> =
+        rows.iter().filter_map(|r| Some((r.mode.clone(), r.sdk.clone()?))).collect();
+    for mut row in rows {
+        row.sdk = baselines.get(&row.mode).cloned();
         let sdk_s = row.sdk.as_ref().and_then(|v| v["total_s"].as_f64());
         let sdk_rss = row.sdk.as_ref().and_then(|v| v["peak_rss_kb"].as_u64());
         let sdk_init = row.sdk.as_ref().and_then(|v| v["init_s"].as_f64());
         println!(
-            "| {} | {:.1} | {} | {} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
             row.mode,
+            row.key_cache,
             row.pipeline_s,
             sdk_s.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
             sdk_s.map(|s| format!("{:.2}x", row.pipeline_s / s)).unwrap_or("-".into()),
-            row.pipeline_rss_kb as f64 / 1e6,
+            row.runner_rss_mb.map(|mb| format!("{:.1}", mb as f64 / 1024.0)).unwrap_or("-".into()),
             sdk_rss.map(|k| format!("{:.1}", k as f64 / 1e6)).unwrap_or("-".into()),
             row.runner_init_s.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
             sdk_init.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
@@ -152,7 +171,7 @@ async fn sdk(n: u64, mode: &str) -> Result<()> {
     proof.save(&out)?;
     println!(
         "{}",
-        serde_json::json!({ "init_s": init_s, "setup_s": setup_s, "total_s": total_s, "peak_rss_kb": peak_rss_self_kb() })
+        serde_json::json!({ "init_s": init_s, "setup_s": setup_s, "total_s": total_s, "peak_rss_kb": proofjobs_pipeline::memory::peak_rss_kb() })
     );
     Ok(())
 }

@@ -227,6 +227,8 @@ async fn prove_remote(api: &str, args: &ProveArgs) -> Result<Proof> {
 pub struct EmbeddedRun {
     pub proof: Proof,
     pub worker_init_secs: Option<f64>,
+    /// The largest runner's peak RSS, from its exit line.
+    pub runner_peak_rss_mb: Option<u64>,
 }
 
 pub async fn prove_embedded(args: &ProveArgs, keep: bool) -> Result<Proof> {
@@ -255,19 +257,25 @@ pub async fn prove_embedded_measured(args: &ProveArgs, keep: bool) -> Result<Emb
     if keep {
         eprintln!("embedded: state kept in {}", env.dir.display());
     }
-    let worker_init_secs = worker_init_secs(&logs);
     env.shutdown().await;
-    Ok(EmbeddedRun { proof: outcome?, worker_init_secs })
+    let worker_init_secs = runner_log_values(&logs, "SP1 worker ready", "secs=").into_iter().reduce(f64::max);
+    let runner_peak_rss_mb =
+        runner_log_values(&logs, "runner exiting", "peak_rss_mb=").into_iter().reduce(f64::max).map(|mb| mb as u64);
+    Ok(EmbeddedRun { proof: outcome?, worker_init_secs, runner_peak_rss_mb })
 }
 
-/// The runner logs `SP1 worker ready secs=<s>` once it has built its provers.
-fn worker_init_secs(log_dir: &std::path::Path) -> Option<f64> {
-    let entries = std::fs::read_dir(log_dir).ok()?;
-    entries.flatten().find_map(|entry| {
-        let text = std::fs::read_to_string(entry.path()).ok()?;
-        let line = text.lines().find(|l| l.contains("SP1 worker ready"))?;
-        line.split("secs=").nth(1)?.split_whitespace().next()?.parse().ok()
-    })
+/// Values a runner logs as `<key><number>` on its line containing `marker` (e.g. `SP1 worker
+/// ready secs=…`, `runner exiting … peak_rss_mb=…`), one per runner log.
+fn runner_log_values(log_dir: &std::path::Path, marker: &str, key: &str) -> Vec<f64> {
+    let Ok(entries) = std::fs::read_dir(log_dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let text = std::fs::read_to_string(entry.path()).ok()?;
+            let line = text.lines().find(|l| l.contains(marker))?;
+            line.split(key).nth(1)?.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
 }
 
 fn report(proof: &Proof, args: &ProveArgs) -> Result<()> {

@@ -36,6 +36,9 @@ pub struct Args {
     /// Artifact store: redis://… or file:///path.
     #[arg(long, env = "PROOFJOBS_ARTIFACT_STORE")]
     pub artifact_store: String,
+    /// Directory of the recursion-key cache (`off` disables it; default: ~/.cache/proofjobs/sp1-keys).
+    #[arg(long, env = "PROOFJOBS_KEY_CACHE")]
+    pub key_cache: Option<String>,
     /// Exit after this long with nothing to do for the runner's stages.
     #[arg(long, env = "PROOFJOBS_IDLE_EXIT_SECS", default_value_t = 5)]
     pub idle_exit_secs: u64,

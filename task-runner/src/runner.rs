@@ -12,6 +12,7 @@ use proofjobs_pipeline::{
     stage::{stage_list, Stage},
     state::{wait_for, Db, Notifications},
 };
+use proofjobs_task_runner::provers::{key_cache_root, StageProvers};
 use tokio::{signal::unix::SignalKind, sync::Semaphore, task::JoinSet};
 
 use crate::{tasks::{Outcome, TaskContext}, Args};
@@ -60,15 +61,22 @@ pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
     });
 
     let bus = PgBus::new(db.clone(), notifications.clone());
-    let ctx = Arc::new(TaskContext::new(runner_id.clone(), stages.clone(), db.clone(), store, bus));
+    let key_root = key_cache_root(args.key_cache.as_deref());
+    let provers = StageProvers::new(store.clone(), bus, stages.clone(), key_root);
+    let ctx = Arc::new(TaskContext::new(runner_id.clone(), stages.clone(), db.clone(), store, provers));
     let code = claim_loop(&args, &stages, &runner_id, &db, &notifications, ctx.clone()).await;
     let code = if ctx.found_bad_input() { exit::BAD_INPUT } else { code };
+    if code != exit::TRANSIENT {
+        // Keys computed here are worth minutes to the next runner on this machine.
+        let _ = tokio::time::timeout(Duration::from_secs(120), ctx.finish()).await;
+    }
     heartbeat.abort();
     let error = db.runner_error(&runner_id).await.ok().flatten();
     if let Err(e) = db.runner_exited(&runner_id, Some(code), error.as_deref()).await {
         tracing::warn!("recording exit: {e:#}");
     }
-    tracing::info!(runner = %runner_id, code, "runner exiting");
+    let peak_rss_mb = proofjobs_pipeline::memory::peak_rss_kb() / 1024;
+    tracing::info!(runner = %runner_id, code, peak_rss_mb, "runner exiting");
     code
 }
 

@@ -1,5 +1,5 @@
-//! What one claimed task does, by SP1 task type. The SP1 worker (provers, keys, recursion
-//! programs) is built on first need only: a runner that only executes a program never pays for it.
+//! What one claimed task does, by SP1 task type. Each task asks `StageProvers` for the part of
+//! SP1 it needs, built on first use: a runner that only executes a program never builds a prover.
 
 use std::{
     path::Path,
@@ -14,17 +14,12 @@ use proofjobs_pipeline::{
 };
 use sp1_core_executor::{Program, SP1Context, SP1CoreOpts};
 use sp1_core_machine::io::SP1Stdin;
-use sp1_prover::{
-    worker::{
-        cpu_worker_builder, execute_with_options, CoreExecuteTaskRequest, ProofId, RawTaskRequest,
-        RequesterId, SP1ExecutorConfig, SP1Worker, TaskError, TaskId,
-    },
-    CpuSP1ProverComponents,
+use proofjobs_task_runner::provers::StageProvers;
+use sp1_prover::worker::{
+    execute_with_options, CoreExecuteTaskRequest, ProofId, RawTaskRequest, RequesterId, SP1ExecutorConfig,
+    TaskError, TaskId,
 };
 use sp1_prover_types::{Artifact, ArtifactClient, ArtifactType, TaskType};
-use tokio::sync::OnceCell;
-
-type Worker = SP1Worker<ArtifactStore, PgBus, CpuSP1ProverComponents>;
 
 /// How a task ended, as far as the runner's exit code is concerned.
 pub enum Outcome {
@@ -38,36 +33,23 @@ pub struct TaskContext {
     stages: Vec<Stage>,
     db: Db,
     store: ArtifactStore,
-    bus: PgBus,
-    worker: OnceCell<Worker>,
+    provers: StageProvers<ArtifactStore, PgBus>,
     /// Set before the proof is failed for bad input, so the exit code says 65 even when the
     /// dispatcher's SIGTERM (sent because the proof just ended) wins the race with our own exit.
     found_bad_input: AtomicBool,
 }
 
 impl TaskContext {
-    pub fn new(runner_id: String, stages: Vec<Stage>, db: Db, store: ArtifactStore, bus: PgBus) -> TaskContext {
-        TaskContext { runner_id, stages, db, store, bus, worker: OnceCell::new(), found_bad_input: AtomicBool::new(false) }
+    pub fn new(runner_id: String, stages: Vec<Stage>, db: Db, store: ArtifactStore, provers: StageProvers<ArtifactStore, PgBus>) -> TaskContext {
+        TaskContext { runner_id, stages, db, store, provers, found_bad_input: AtomicBool::new(false) }
+    }
+
+    pub async fn finish(&self) {
+        self.provers.finish().await;
     }
 
     pub fn found_bad_input(&self) -> bool {
         self.found_bad_input.load(Ordering::SeqCst)
-    }
-
-    async fn worker(&self) -> anyhow::Result<&Worker> {
-        self.worker
-            .get_or_try_init(|| async {
-                let started = std::time::Instant::now();
-                tracing::info!("building the SP1 worker (provers and recursion programs)");
-                let worker = cpu_worker_builder()
-                    .with_artifact_client(self.store.clone())
-                    .with_worker_client(self.bus.clone())
-                    .build()
-                    .await?;
-                tracing::info!(secs = started.elapsed().as_secs_f64(), "SP1 worker ready");
-                Ok(worker)
-            })
-            .await
     }
 
     pub async fn run(&self, task: ClaimedTask) -> Outcome {
@@ -127,8 +109,7 @@ impl TaskContext {
                 if let Some(system) = wrap_system.filter(|_| self.stages.contains(&Stage::Wrap)) {
                     check_circuit_artifacts(system).map_err(|reason| fatal(anyhow::anyhow!(reason)))?;
                 }
-                let worker = self.worker().await.map_err(fatal)?;
-                let output = worker.controller().run(raw).await?;
+                let output = self.provers.controller().await.run(raw).await?;
                 // The task is done before the proof is: finishing the proof cancels open tasks.
                 self.db.complete_task(&task.id).await.map_err(retryable)?;
                 let finished = self
@@ -148,41 +129,38 @@ impl TaskContext {
                 Ok(())
             }
             TaskType::CoreExecute => {
-                let worker = self.worker().await.map_err(fatal)?;
                 let request = CoreExecuteTaskRequest::from_raw(raw)?;
-                worker.controller().execute(task_id, request).await?;
+                self.provers.controller().await.execute(task_id, request).await?;
                 Ok(())
             }
             TaskType::SetupVkey => {
-                let worker = self.worker().await.map_err(fatal)?;
                 let elf = first(&task.inputs)?;
                 let out = first(&task.outputs)?;
-                let handle = worker.prover_engine().submit_setup(task_id, elf, out).await.map_err(|e| fatal(e.into()))?;
-                handle.await.map_err(|e| fatal(anyhow::anyhow!("setup task aborted: {e}")))??;
+                self.provers.setup_vkey(&elf, &out).await.map_err(fatal)?;
                 Ok(())
             }
             TaskType::ProveShard => {
-                let worker = self.worker().await.map_err(fatal)?;
+                let worker = self.provers.worker().await.map_err(fatal)?;
                 let handle = worker.prover_engine().submit_prove_core_shard(raw.clone()).await?;
                 let result = handle.await.map_err(|e| fatal(anyhow::anyhow!("shard task aborted: {e}")))?;
                 raw.recover_prove_shard_if_complete(result, &self.store).await?;
                 Ok(())
             }
             TaskType::RecursionReduce => {
-                let worker = self.worker().await.map_err(fatal)?;
+                let worker = self.provers.worker().await.map_err(fatal)?;
                 let handle = worker.prover_engine().submit_recursion_reduce(raw.clone()).await?;
                 let result = handle.await.map_err(|e| fatal(anyhow::anyhow!("reduce task aborted: {e}")))?;
                 raw.recover_if_complete(result, &self.store).await?;
                 Ok(())
             }
             TaskType::RecursionDeferred => {
-                let worker = self.worker().await.map_err(fatal)?;
+                let worker = self.provers.worker().await.map_err(fatal)?;
                 let handle = worker.prover_engine().submit_prove_deferred(raw).await?;
                 handle.await.map_err(|e| fatal(anyhow::anyhow!("deferred task aborted: {e}")))??;
                 Ok(())
             }
             TaskType::ShrinkWrap => {
-                let worker = self.worker().await.map_err(fatal)?;
+                let worker = self.provers.worker().await.map_err(fatal)?;
                 worker.prover_engine().run_shrink_wrap(raw).await?;
                 Ok(())
             }
@@ -192,7 +170,7 @@ impl TaskContext {
                     // Not the proof's fault and not transient: a configuration gap the operator must close.
                     Failure::Task(TaskError::Fatal(anyhow::anyhow!(reason)))
                 })?;
-                let worker = self.worker().await.map_err(fatal)?;
+                let worker = self.provers.worker().await.map_err(fatal)?;
                 if kind == TaskType::PlonkWrap {
                     worker.prover_engine().run_plonk(raw).await?;
                 } else {

@@ -178,6 +178,8 @@ impl KubeEnv {
             ("PROOFJOBS_RUNNER_SERVICE_ACCOUNT", "proofjobs-runner".into()),
             ("PROOFJOBS_PLACEMENT", options.placement.into()),
             ("PROOFJOBS_CAPACITY_WAIT_SECS", options.capacity_wait_secs.to_string()),
+            // Every emulated node runs on this machine, so they share one node-local key cache.
+            ("PROOFJOBS_KEY_CACHE_HOST_PATH", crate::key_cache_dir().display().to_string()),
         ];
         env.extend(options.dispatcher_env.iter().cloned());
         env

@@ -47,6 +47,20 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The recursion-key cache runners started by the tests use (they inherit PROOFJOBS_KEY_CACHE).
+pub fn key_cache_dir() -> PathBuf {
+    proofjobs_task_runner::provers::key_cache_root(std::env::var("PROOFJOBS_KEY_CACHE").ok().as_deref())
+        .expect("these tests run with the key cache on; unset PROOFJOBS_KEY_CACHE=off")
+}
+
+/// Fills (first run) or verifies the key cache with `warm-keys`, so runners start warm.
+pub fn warm_key_cache() -> PathBuf {
+    let dir = key_cache_dir();
+    let out = std::process::Command::new(bin("warm-keys")).env("PROOFJOBS_KEY_CACHE", &dir).output().unwrap();
+    assert!(out.status.success(), "warm-keys failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
 /// A database of its own for one test, created on the shared server and migrated.
 pub struct TestDb {
     pub url: String,

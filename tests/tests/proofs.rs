@@ -19,38 +19,71 @@ fn write_inputs(dir: &Path, n: u64) -> (std::path::PathBuf, std::path::PathBuf) 
     (elf, stdin)
 }
 
-/// The README's main job: `proofctl prove` with no --api, for core and compressed proofs.
+/// `proofctl prove --keep` with no --api; returns the proof file and the runner logs.
+fn prove_embedded(elf: &Path, stdin: &Path, mode: &str, out: &Path, key_cache: &str) -> String {
+    let started = Instant::now();
+    let result = std::process::Command::new(bin("proofctl"))
+        .args(["prove", "--keep", "--elf"])
+        .arg(elf)
+        .arg("--stdin")
+        .arg(stdin)
+        .args(["--mode", mode, "--quiet", "--out"])
+        .arg(out)
+        .env("PROOFJOBS_KEY_CACHE", key_cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr).to_string();
+    assert!(
+        result.status.success(),
+        "proofctl prove --mode {mode} failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&result.stdout),
+    );
+    eprintln!("embedded {mode} proof (key cache {key_cache}) in {:.0} s", started.elapsed().as_secs_f64());
+    let kept = stderr.lines().find_map(|l| l.strip_prefix("embedded: state kept in ")).expect("--keep names the state dir");
+    let kept = Path::new(kept.trim());
+    let logs = std::fs::read_dir(kept.join("logs"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::remove_dir_all(kept).unwrap();
+    logs
+}
+
+/// The README's main job: `proofctl prove` with no --api, for core and compressed proofs. The
+/// compressed proof is made twice, with the recursion keys loaded from the key cache and with the
+/// cache off (every key computed, as SP1 does): both verify with the stock verifier and carry the
+/// same recursion verifying key and public values.
 #[tokio::test(flavor = "multi_thread")]
-async fn embedded_core_and_compressed_proofs_verify_with_sp1_sdk() {
+async fn embedded_proofs_verify_with_sp1_sdk_with_and_without_the_key_cache() {
     init_tracing();
     let _prover = prover_lock().await;
+    let key_cache = warm_key_cache().display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let n = fibonacci_n_for_cycles(100_000);
     let (elf, stdin) = write_inputs(dir.path(), n);
-    for mode in ["core", "compressed"] {
-        let out = dir.path().join(format!("{mode}.proof"));
-        let started = Instant::now();
-        let result = std::process::Command::new(bin("proofctl"))
-            .args(["prove", "--elf"])
-            .arg(&elf)
-            .arg("--stdin")
-            .arg(&stdin)
-            .args(["--mode", mode, "--quiet", "--out"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            result.status.success(),
-            "proofctl prove --mode {mode} failed:\n{}\n{}",
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
-        );
-        eprintln!("embedded {mode} proof in {:.0} s", started.elapsed().as_secs_f64());
+    let mut compressed = Vec::new();
+    for (mode, cache) in [("core", key_cache.as_str()), ("compressed", key_cache.as_str()), ("compressed", "off")] {
+        let out = dir.path().join(format!("{mode}-{}.proof", if cache == "off" { "no-cache" } else { "cache" }));
+        let logs = prove_embedded(&elf, &stdin, mode, &out, cache);
+        let ready = logs.lines().find(|l| l.contains("SP1 worker ready")).unwrap_or_else(|| panic!("no worker was built:\n{logs}"));
+        if cache == "off" {
+            assert!(ready.contains("hits=0") && ready.contains("misses=0"), "the cache was used while off: {ready}");
+        } else {
+            // All six recursion keys (compose 1-4, deferred, shrink) came from the warm cache.
+            assert!(ready.contains("hits=6") && ready.contains("misses=0") && ready.contains("rejected=0"), "{ready}");
+        }
         let proof = verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &out).await.unwrap();
         assert_eq!(proof.public_values.to_vec(), proofjobs_guests::fibonacci_public_values(n));
         let expected = if mode == "core" { "Core" } else { "Compressed" };
         assert!(format!("{:?}", proof.proof).starts_with(expected), "{mode} proof is {}", format!("{:?}", proof.proof).chars().take(20).collect::<String>());
+        if let sp1_sdk::SP1Proof::Compressed(inner) = proof.proof {
+            compressed.push((inner.vk.clone(), proof.public_values.to_vec()));
+        }
     }
+    let [(cached_vk, cached_pv), (plain_vk, plain_pv)] = <[_; 2]>::try_from(compressed).unwrap();
+    assert!(cached_vk == plain_vk, "the cached and the computed keys gave different recursion verifying keys");
+    assert_eq!(cached_pv, plain_pv);
 }
 
 /// One-machine cluster over gRPC; the dispatcher is killed mid-proof and restarted. The proof

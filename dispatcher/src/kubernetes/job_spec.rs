@@ -8,7 +8,7 @@ use k8s_openapi::{
     api::{
         batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule},
         core::v1::{
-            Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+            Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
             ResourceRequirements, SecretKeySelector, Toleration, Volume, VolumeMount,
         },
     },
@@ -42,7 +42,14 @@ pub struct JobSettings {
     pub ttl_after_finished_secs: i32,
     /// Size limit of the memory-backed /dev/shm.
     pub shm_size: String,
+    /// A node directory shared by the runners on that node as their recursion-key cache, so only
+    /// the first runner on a node computes the keys. None: the image's own cache (PROOFJOBS_KEY_CACHE
+    /// baked in with `warm-keys`), which also suits namespaces whose Pod Security forbids hostPath.
+    pub key_cache_host_path: Option<String>,
 }
+
+/// Where a host key-cache directory appears inside runner pods.
+pub const KEY_CACHE_MOUNT: &str = "/var/cache/proofjobs/sp1-keys";
 
 impl JobSettings {
     pub fn for_tests(namespace: &str) -> JobSettings {
@@ -55,6 +62,7 @@ impl JobSettings {
             extra_env: Vec::new(),
             ttl_after_finished_secs: 600,
             shm_size: "2Gi".into(),
+            key_cache_host_path: None,
         }
     }
 }
@@ -134,6 +142,33 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         env("TMPDIR", "/scratch"),
     ];
     env.extend(settings.extra_env.iter().map(|(k, v)| self::env(k, v)));
+    let mut mounts = vec![
+        VolumeMount { name: "scratch".into(), mount_path: "/scratch".into(), ..Default::default() },
+        VolumeMount { name: "dshm".into(), mount_path: "/dev/shm".into(), ..Default::default() },
+    ];
+    let mut volumes = vec![
+        // The SP1 executor writes a helper binary to TMPDIR and runs it: it must be writable
+        // and exec-able even when the image's root filesystem is read-only.
+        Volume { name: "scratch".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+        // POSIX shared memory of the executor; Kubernetes' default /dev/shm is 64 MB.
+        Volume {
+            name: "dshm".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity(settings.shm_size.clone())),
+            }),
+            ..Default::default()
+        },
+    ];
+    if let Some(host_path) = &settings.key_cache_host_path {
+        env.push(self::env("PROOFJOBS_KEY_CACHE", KEY_CACHE_MOUNT));
+        mounts.push(VolumeMount { name: "sp1-keys".into(), mount_path: KEY_CACHE_MOUNT.into(), ..Default::default() });
+        volumes.push(Volume {
+            name: "sp1-keys".into(),
+            host_path: Some(HostPathVolumeSource { path: host_path.clone(), type_: Some("DirectoryOrCreate".into()) }),
+            ..Default::default()
+        });
+    }
 
     let mut quantities = BTreeMap::from([
         ("cpu".to_string(), Quantity(profile.cpu.clone())),
@@ -159,10 +194,7 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         command: Some(vec![settings.command.clone()]),
         env: Some(env),
         resources: Some(ResourceRequirements { requests: Some(quantities), limits: Some(limits), ..Default::default() }),
-        volume_mounts: Some(vec![
-            VolumeMount { name: "scratch".into(), mount_path: "/scratch".into(), ..Default::default() },
-            VolumeMount { name: "dshm".into(), mount_path: "/dev/shm".into(), ..Default::default() },
-        ]),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
     let pod = PodSpec {
@@ -174,20 +206,7 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         node_selector: (!profile.node_selector.is_empty()).then(|| profile.node_selector.clone()),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
         containers: vec![container],
-        volumes: Some(vec![
-            // The SP1 executor writes a helper binary to TMPDIR and runs it: it must be writable
-            // and exec-able even when the image's root filesystem is read-only.
-            Volume { name: "scratch".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
-            // POSIX shared memory of the executor; Kubernetes' default /dev/shm is 64 MB.
-            Volume {
-                name: "dshm".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    medium: Some("Memory".into()),
-                    size_limit: Some(Quantity(settings.shm_size.clone())),
-                }),
-                ..Default::default()
-            },
-        ]),
+        volumes: Some(volumes),
         ..Default::default()
     };
 
@@ -344,5 +363,23 @@ mod tests {
         assert_eq!(volumes[1]["emptyDir"]["medium"], "Memory");
         assert!(env.iter().any(|e| e["name"] == "TMPDIR" && e["value"] == "/scratch"));
         assert_eq!(v["spec"]["template"]["spec"]["automountServiceAccountToken"], false);
+        assert!(!text.contains("hostPath"), "no host directory unless the operator asks for one");
+    }
+
+    #[test]
+    fn a_host_key_cache_is_mounted_and_named_to_the_runner() {
+        let spec = spec(vec![Stage::ProveCore]);
+        let mut settings = JobSettings::for_tests("ns");
+        settings.key_cache_host_path = Some("/mnt/nvme/sp1-keys".into());
+        let profiles = StageProfiles::default();
+        let v = serde_json::to_value(build_job(&spec, &profiles.for_group(&spec.stages), &settings, false)).unwrap();
+        let pod = &v["spec"]["template"]["spec"];
+        let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "sp1-keys").unwrap();
+        assert_eq!(volume["hostPath"]["path"], "/mnt/nvme/sp1-keys");
+        assert_eq!(volume["hostPath"]["type"], "DirectoryOrCreate");
+        let mount = pod["containers"][0]["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "sp1-keys").unwrap();
+        assert_eq!(mount["mountPath"], KEY_CACHE_MOUNT);
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        assert!(env.iter().any(|e| e["name"] == "PROOFJOBS_KEY_CACHE" && e["value"] == KEY_CACHE_MOUNT));
     }
 }
