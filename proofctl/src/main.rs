@@ -257,10 +257,12 @@ pub async fn prove_embedded_measured(args: &ProveArgs, keep: bool) -> Result<Emb
     if keep {
         eprintln!("embedded: state kept in {}", env.dir.display());
     }
-    env.shutdown().await;
+    // Read before shutdown, which removes the state directory (runners have exited by now unless
+    // they are still writing key-cache entries; then their peak RSS is missing from the table).
     let worker_init_secs = runner_log_values(&logs, "SP1 worker ready", "secs=").into_iter().reduce(f64::max);
     let runner_peak_rss_mb =
         runner_log_values(&logs, "runner exiting", "peak_rss_mb=").into_iter().reduce(f64::max).map(|mb| mb as u64);
+    env.shutdown().await;
     Ok(EmbeddedRun { proof: outcome?, worker_init_secs, runner_peak_rss_mb })
 }
 

@@ -22,7 +22,11 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter("info,sp1_prover=warn").with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter("info,sp1_prover=warn")
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let args = Args::parse();
     let root = key_cache_root(args.key_cache.as_deref()).context("the key cache is off: nothing to warm")?;
     let started = Instant::now();
