@@ -13,6 +13,9 @@ started=$(date +%s)
 eval "$(tests/k8s/cluster.sh start)"
 echo "control plane up in $(( $(date +%s) - started )) s (includes its build when not cached)" >&2
 cargo build --release --workspace --bins
+# The CUDA task-runner (SP1's GPU prover, CUDA 13.0 from PyPI) is built on every run so it cannot
+# rot: ~1 s when cached, ~25 min the first time. tests/tests/gpu.rs runs it.
+scripts/build-cuda.sh
 # Runners load SP1's recursion keys from this cache; the first run computes it (~3 min, ~7 GB in
 # ~/.cache/proofjobs/sp1-keys), later runs verify it (~30 s).
 warm-keys

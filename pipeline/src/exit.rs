@@ -11,6 +11,8 @@ pub const BAD_INPUT: i32 = 65;
 pub const UNSUITABLE_NODE: i32 = 69;
 /// Transient trouble (store unreachable, SIGTERM): tasks were handed back, retry with backoff.
 pub const TRANSIENT: i32 = 75;
+/// The runner itself broke (e.g. a CUDA error outside any task): a counted failure.
+pub const INTERNAL: i32 = 70;
 
 /// What the dispatcher does when a runner exits with `code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,7 @@ mod tests {
         assert_eq!(classify(Some(69)), ExitClass::RetryNotCounted);
         assert_eq!(classify(Some(75)), ExitClass::RetryNotCounted);
         assert_eq!(classify(Some(1)), ExitClass::RetryCounted);
+        assert_eq!(classify(Some(INTERNAL)), ExitClass::RetryCounted);
         assert_eq!(classify(None), ExitClass::RetryCounted);
     }
 }

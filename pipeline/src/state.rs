@@ -675,6 +675,20 @@ impl Db {
         Ok(())
     }
 
+    /// The GPU a runner proves on, as it found it at start.
+    pub async fn set_runner_device(&self, id: &str, device: &str) -> Result<()> {
+        sqlx::query("UPDATE runners SET device = $2 WHERE id = $1").bind(id).bind(device).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn runner_device(&self, id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar::<_, Option<String>>("SELECT device FROM runners WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
+    }
+
     pub async fn runner_error(&self, id: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar::<_, Option<String>>("SELECT error FROM runners WHERE id = $1")
             .bind(id)

@@ -1,6 +1,7 @@
 //! `proofctl bench fibonacci <Mcycles>`: the same program and input proved through the embedded
-//! pipeline and, side by side in the same run, directly with sp1-sdk's CPU prover in a fresh
-//! process — wall time and peak memory of each, as a table.
+//! pipeline and, side by side in the same run, directly in a fresh process — with sp1-sdk's CPU
+//! prover, or with `--baseline-bin` another prover such as SP1's GPU prover (`sp1-gpu-direct`) —
+//! wall time and peak memory of each, as a table. `--check` verifies every proof it timed.
 
 use std::{path::PathBuf, time::Instant};
 
@@ -25,6 +26,15 @@ pub enum BenchCommand {
         /// set, else the default directory) and/or `off` (every recursion key computed).
         #[arg(long, default_value = "on")]
         key_cache: String,
+        /// A baseline program run instead of sp1-sdk's CPU prover, as `<bin> --elf E --stdin S
+        /// --mode M --out P`: it writes a bincode `ProofFromNetwork` to P and prints one JSON line
+        /// (init_s, setup_s, total_s, peak_rss_kb, peak_gpu_mb). `sp1-gpu-direct` is one.
+        #[arg(long)]
+        baseline_bin: Option<PathBuf>,
+        /// Verify every timed proof with the stock sp1-sdk verifier, check that a tampered copy is
+        /// refused and that its public values equal the CPU executor's (one execute-mode run).
+        #[arg(long)]
+        check: bool,
     },
     /// (internal) One direct sp1-sdk proof in this process; prints a JSON line.
     #[command(hide = true)]
@@ -38,8 +48,13 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Fibonacci { mcycles, modes, no_baseline, key_cache } => {
-            fibonacci(mcycles, &modes, !no_baseline, &key_cache).await
+        BenchCommand::Fibonacci { mcycles, modes, no_baseline, key_cache, baseline_bin, check } => {
+            let baseline = match (no_baseline, baseline_bin) {
+                (true, _) => Baseline::None,
+                (false, Some(bin)) => Baseline::Bin(bin),
+                (false, None) => Baseline::Sdk,
+            };
+            fibonacci(mcycles, &modes, baseline, &key_cache, check).await
         }
         BenchCommand::Sdk { n, mode } => sdk(n, &mode).await,
     }
@@ -51,16 +66,26 @@ pub fn fibonacci_stdin(n: u64) -> sp1_sdk::SP1Stdin {
     stdin
 }
 
+/// What the pipeline is compared with.
+pub enum Baseline {
+    None,
+    /// sp1-sdk's CPU prover (`proofctl bench sdk` in a fresh process).
+    Sdk,
+    /// A program speaking the `--baseline-bin` contract.
+    Bin(PathBuf),
+}
+
 struct Row {
     mode: String,
     key_cache: String,
     pipeline_s: f64,
     runner_rss_mb: Option<u64>,
+    runner_gpu_mb: Option<u64>,
     runner_init_s: Option<f64>,
     sdk: Option<serde_json::Value>,
 }
 
-async fn fibonacci(mcycles: f64, modes: &str, baseline: bool, key_cache: &str) -> Result<()> {
+async fn fibonacci(mcycles: f64, modes: &str, baseline: Baseline, key_cache: &str, check: bool) -> Result<()> {
     let configured_cache = std::env::var_os("PROOFJOBS_KEY_CACHE");
     let cache_settings: Vec<&str> = key_cache.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     anyhow::ensure!(
@@ -73,6 +98,24 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool, key_cache: &str) -
     std::fs::write(&elf, FIBONACCI_ELF)?;
     let stdin_path = dir.path().join("stdin.bin");
     std::fs::write(&stdin_path, bincode::serialize(&fibonacci_stdin(n))?)?;
+    let checker = if check {
+        eprintln!("bench: fibonacci n={n}: public values from the CPU executor (execute mode)");
+        let args = ProveArgs {
+            elf: elf.clone(),
+            stdin: Some(stdin_path.clone()),
+            mode: "execute".into(),
+            out: dir.path().join("execute.out"),
+            deadline_secs: 0,
+            cycle_limit: 0,
+            idempotency_key: String::new(),
+            quiet: true,
+        };
+        let executed = crate::prove_embedded(&args, false).await?;
+        anyhow::ensure!(executed.status == "completed", "execute run {}: {}", executed.status, executed.failure_cause);
+        Some(crate::checks::ProofChecker::new(FIBONACCI_ELF, executed.public_values).await?)
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     let mut cycles = 0;
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
@@ -100,32 +143,60 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool, key_cache: &str) -
         let pipeline_s = started.elapsed().as_secs_f64();
         anyhow::ensure!(proof.status == "completed", "pipeline proof {}: {}", proof.status, proof.failure_cause);
         cycles = proof.cycles;
+        if let Some(checker) = &checker {
+            checker.check_saved(&args.out).with_context(|| format!("pipeline {mode} proof"))?;
+            eprintln!("bench: pipeline {mode} proof verifies, tampered copy refused, public values match the executor's");
+        }
         // One baseline per mode, after the last pipeline run of that mode.
-        let sdk = if baseline && setting == cache_settings.last().expect("checked non-empty") {
-            eprintln!("bench: fibonacci n={n}, mode {mode}: sp1-sdk CpuProver in a fresh process");
-            let out = std::process::Command::new(std::env::current_exe()?)
-                .args(["bench", "sdk", "--n", &n.to_string(), "--mode", mode])
-                .output()
-                .context("running the sp1-sdk baseline")?;
-            anyhow::ensure!(out.status.success(), "sdk baseline failed: {}", String::from_utf8_lossy(&out.stderr));
-            let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("{}").to_string();
-            Some(serde_json::from_str::<serde_json::Value>(&line)?)
-        } else {
-            None
+        let last_setting = setting == cache_settings.last().expect("checked non-empty");
+        let sdk = match &baseline {
+            Baseline::None => None,
+            _ if !last_setting => None,
+            Baseline::Sdk => {
+                eprintln!("bench: fibonacci n={n}, mode {mode}: sp1-sdk CpuProver in a fresh process");
+                Some(run_baseline(std::process::Command::new(std::env::current_exe()?).args([
+                    "bench",
+                    "sdk",
+                    "--n",
+                    &n.to_string(),
+                    "--mode",
+                    mode,
+                ]))?)
+            }
+            Baseline::Bin(bin) => {
+                eprintln!("bench: fibonacci n={n}, mode {mode}: {} in a fresh process", bin.display());
+                let out = dir.path().join(format!("{mode}.baseline.proof"));
+                let mut command = std::process::Command::new(bin);
+                command.arg("--elf").arg(&elf).arg("--stdin").arg(&stdin_path).args(["--mode", mode]).arg("--out").arg(&out);
+                let result = run_baseline(&mut command)?;
+                if let Some(checker) = &checker {
+                    checker.check_network_proof(&out).with_context(|| format!("baseline {mode} proof"))?;
+                    eprintln!("bench: baseline {mode} proof verifies, tampered copy refused, public values match the executor's");
+                }
+                Some(result)
+            }
         };
         rows.push(Row {
             mode: mode.to_string(),
             key_cache: setting.to_string(),
             pipeline_s,
             runner_rss_mb: run.runner_peak_rss_mb,
+            runner_gpu_mb: run.runner_peak_gpu_mb,
             runner_init_s: run.worker_init_secs,
             sdk,
         });
       }
     }
     println!("fibonacci n={n} ({cycles} cycles), {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("| mode | key cache | proofjobs embedded (s) | sp1-sdk direct (s) | ratio | runner peak RSS (GB) | sp1-sdk peak RSS (GB) | runner prover init (s) | sp1-sdk prover init (s) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    let direct = match &baseline {
+        Baseline::Bin(bin) => bin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        _ => "sp1-sdk".into(),
+    };
+    let gpu = rows.iter().any(|r| r.runner_gpu_mb.is_some());
+    println!("fibonacci: {mcycles} Mcycles requested; checks {}", if check { "passed" } else { "not run" });
+    print!("| mode | key cache | proofjobs embedded (s) | {direct} direct (s) | ratio | runner peak RSS (GB) | {direct} peak RSS (GB) | runner prover init (s) | {direct} prover init (s) |");
+    println!("{}", if gpu { format!(" runner peak GPU (GB) | {direct} peak GPU (GB) | MHz (cycles/s, pipeline) |") } else { String::new() });
+    println!("|---|---|---|---|---|---|---|---|---|{}", if gpu { "---|---|---|" } else { "" });
     // Every row of a mode compares against that mode's one baseline run.
     let baselines: std::collections::HashMap<String, serde_json::Value> =
         rows.iter().filter_map(|r| Some((r.mode.clone(), r.sdk.clone()?))).collect();
@@ -134,7 +205,7 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool, key_cache: &str) -
         let sdk_s = row.sdk.as_ref().and_then(|v| v["total_s"].as_f64());
         let sdk_rss = row.sdk.as_ref().and_then(|v| v["peak_rss_kb"].as_u64());
         let sdk_init = row.sdk.as_ref().and_then(|v| v["init_s"].as_f64());
-        println!(
+        print!(
             "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
             row.mode,
             row.key_cache,
@@ -146,8 +217,22 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: bool, key_cache: &str) -
             row.runner_init_s.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
             sdk_init.map(|s| format!("{s:.1}")).unwrap_or("-".into()),
         );
+        if gpu {
+            let gb = |mb: Option<u64>| mb.map(|mb| format!("{:.1}", mb as f64 / 1024.0)).unwrap_or("-".into());
+            let sdk_gpu = row.sdk.as_ref().and_then(|v| v["peak_gpu_mb"].as_u64());
+            print!(" {} | {} | {:.2} |", gb(row.runner_gpu_mb), gb(sdk_gpu), cycles as f64 / row.pipeline_s / 1e6);
+        }
+        println!();
     }
     Ok(())
+}
+
+/// Runs a baseline process and reads the JSON line it prints last.
+fn run_baseline(command: &mut std::process::Command) -> Result<serde_json::Value> {
+    let out = command.output().context("running the baseline")?;
+    anyhow::ensure!(out.status.success(), "baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("{}").to_string();
+    Ok(serde_json::from_str::<serde_json::Value>(&line)?)
 }
 
 /// The baseline: what a user of sp1-sdk does in one process, timed from process start.

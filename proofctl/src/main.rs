@@ -2,6 +2,7 @@
 //! mode) unless `--api` points at a cluster; the other commands talk to an api.
 
 mod bench;
+mod checks;
 mod client;
 mod embedded;
 mod inputs;
@@ -229,6 +230,8 @@ pub struct EmbeddedRun {
     pub worker_init_secs: Option<f64>,
     /// The largest runner's peak RSS, from its exit line.
     pub runner_peak_rss_mb: Option<u64>,
+    /// The largest peak of GPU memory in use while a GPU runner ran.
+    pub runner_peak_gpu_mb: Option<u64>,
 }
 
 pub async fn prove_embedded(args: &ProveArgs, keep: bool) -> Result<Proof> {
@@ -262,8 +265,10 @@ pub async fn prove_embedded_measured(args: &ProveArgs, keep: bool) -> Result<Emb
     let worker_init_secs = runner_log_values(&logs, "SP1 worker ready", "secs=").into_iter().reduce(f64::max);
     let runner_peak_rss_mb =
         runner_log_values(&logs, "runner exiting", "peak_rss_mb=").into_iter().reduce(f64::max).map(|mb| mb as u64);
+    let runner_peak_gpu_mb =
+        runner_log_values(&logs, "GPU memory", "peak_gpu_mb=").into_iter().reduce(f64::max).map(|mb| mb as u64);
     env.shutdown().await;
-    Ok(EmbeddedRun { proof: outcome?, worker_init_secs, runner_peak_rss_mb })
+    Ok(EmbeddedRun { proof: outcome?, worker_init_secs, runner_peak_rss_mb, runner_peak_gpu_mb })
 }
 
 /// Values a runner logs as `<key><number>` on its line containing `marker` (e.g. `SP1 worker

@@ -4,6 +4,8 @@
 //! machine it runs on can go away. Its exit code is the contract of DESIGN.md §4
 //! (`proofjobs_pipeline::exit`).
 
+#[cfg(feature = "cuda")]
+mod direct;
 mod runner;
 mod tasks;
 
@@ -39,12 +41,21 @@ pub struct Args {
     /// Directory of the recursion-key cache (`off` disables it; default: ~/.cache/proofjobs/sp1-keys).
     #[arg(long, env = "PROOFJOBS_KEY_CACHE")]
     pub key_cache: Option<String>,
+    /// Which SP1 prover proves: `cpu`, or `cuda` (SP1's GPU prover; needs the `cuda` build). Every
+    /// runner of a proof must be told the same, since the controller shards for it. Default: what
+    /// this binary was built for.
+    #[arg(long, env = "PROOFJOBS_PROVER")]
+    pub prover: Option<proofjobs_task_runner::engine::ProverKind>,
     /// Exit after this long with nothing to do for the runner's stages.
     #[arg(long, env = "PROOFJOBS_IDLE_EXIT_SECS", default_value_t = 5)]
     pub idle_exit_secs: u64,
 }
 
 fn main() {
+    #[cfg(feature = "cuda")]
+    if direct::invoked() {
+        std::process::exit(if direct::main() == std::process::ExitCode::SUCCESS { 0 } else { 1 });
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

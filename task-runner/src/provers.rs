@@ -7,6 +7,9 @@
 //! - prove-core, compress, shrink, wrap: the SP1 worker, with recursion keys from the key cache
 //!   (`key_cache.rs`) loaded only when the stage uses them: prove-core never touches the compose
 //!   keys, compress loads them, shrink loads the shrink key.
+//!
+//! A runner of the CUDA kind (`engine.rs`) builds SP1's CUDA worker instead for those stages; the
+//! controller and setup stay as they are.
 
 use std::{
     path::{Path, PathBuf},
@@ -29,6 +32,7 @@ use tokio::sync::OnceCell;
 
 use crate::{
     components::{CachedCpuComponents, CpuRecursionProver, CpuWrapProverBuilder},
+    engine::ProvingWorker,
     key_cache::{CachedAirProver, KeyStore},
 };
 use proofjobs_pipeline::stage::Stage;
@@ -110,14 +114,25 @@ pub async fn build_worker<A: ArtifactClient, W: WorkerClient>(
 }
 
 /// The controller alone: it only needs the recursion vk tree's root and size for its verifier.
-pub fn build_controller<A: ArtifactClient, W: WorkerClient>(artifacts: A, bus: W) -> SP1Controller<A, W> {
+/// `opts` decide how it shards executions, which must suit the provers that prove the shards.
+pub fn build_controller<A: ArtifactClient, W: WorkerClient>(artifacts: A, bus: W, opts: SP1CoreOpts) -> SP1Controller<A, W> {
     let machine = RiscvAir::machine();
-    let config = SP1WorkerConfig::new(machine.clone());
+    let mut config = SP1WorkerConfig::new(machine.clone());
+    config.controller_config.opts = opts;
     let vks = RecursionVks::new(None, config.prover_config.recursion_prover_config.max_compose_arity, true);
     let recursion_vks =
         VerifierRecursionVks { root: vks.root(), vk_verification: vks.vk_verification(), num_keys: vks.num_keys() };
     let verifier = SP1Verifier::new_with_machine(recursion_vks, machine);
     SP1Controller::new(config.controller_config, artifacts, bus, verifier)
+}
+
+/// Where a runner's shard provers run: SP1's CPU provers, or SP1's CUDA provers inside the CUDA
+/// task the runner lives in.
+#[derive(Clone)]
+pub enum Device {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Gpu(sp1_gpu_cudart::TaskScope),
 }
 
 /// Everything a runner may need, each part built on first use by the stage that needs it.
@@ -126,18 +141,34 @@ pub struct StageProvers<A, W> {
     bus: W,
     stages: Vec<Stage>,
     key_root: Option<PathBuf>,
+    core_opts: SP1CoreOpts,
+    device: Device,
     controller: OnceCell<SP1Controller<A, W>>,
     core: OnceLock<Arc<CoreAirProver>>,
-    worker: OnceCell<CachedWorker<A, W>>,
+    worker: OnceCell<ProvingWorker<A, W>>,
 }
 
 impl<A: ArtifactClient, W: WorkerClient> StageProvers<A, W> {
     pub fn new(artifacts: A, bus: W, stages: Vec<Stage>, key_root: Option<PathBuf>) -> Self {
+        Self::with_device(artifacts, bus, stages, key_root, SP1CoreOpts::default(), Device::Cpu)
+    }
+
+    /// `core_opts`: how the controller shards executions (`ProverKind::core_opts`).
+    pub fn with_device(
+        artifacts: A,
+        bus: W,
+        stages: Vec<Stage>,
+        key_root: Option<PathBuf>,
+        core_opts: SP1CoreOpts,
+        device: Device,
+    ) -> Self {
         StageProvers {
             artifacts,
             bus,
             stages,
             key_root,
+            core_opts,
+            device,
             controller: OnceCell::new(),
             core: OnceLock::new(),
             worker: OnceCell::new(),
@@ -148,8 +179,8 @@ impl<A: ArtifactClient, W: WorkerClient> StageProvers<A, W> {
         self.controller
             .get_or_init(|| async {
                 let started = Instant::now();
-                let (artifacts, bus) = (self.artifacts.clone(), self.bus.clone());
-                let controller = tokio::task::spawn_blocking(move || build_controller(artifacts, bus))
+                let (artifacts, bus, opts) = (self.artifacts.clone(), self.bus.clone(), self.core_opts.clone());
+                let controller = tokio::task::spawn_blocking(move || build_controller(artifacts, bus, opts))
                     .await
                     .expect("building the controller");
                 tracing::info!(secs = started.elapsed().as_secs_f64(), "SP1 controller ready");
@@ -175,41 +206,60 @@ impl<A: ArtifactClient, W: WorkerClient> StageProvers<A, W> {
     }
 
     /// The SP1 worker, with the recursion keys of this runner's stages loaded.
-    pub async fn worker(&self) -> Result<&SP1Worker<A, W, CachedCpuComponents>> {
-        let built = self
-            .worker
+    pub async fn worker(&self) -> Result<&ProvingWorker<A, W>> {
+        self.worker
             .get_or_try_init(|| async {
                 let started = Instant::now();
-                tracing::info!(key_cache = ?self.key_root, "building the SP1 worker");
-                let built = build_worker(self.artifacts.clone(), self.bus.clone(), self.key_root.as_deref()).await?;
-                // A runner started for recursion work loads its keys while its first tasks start
-                // (each task waits only for its own key). One that also proves core shards may be
-                // serving a core-mode proof, which never uses them: it loads them on first use only.
-                if !self.stages.contains(&Stage::ProveCore) {
-                    for prover in built.stage_provers(&self.stages) {
-                        tokio::spawn(async move { prover.load_all().await });
+                match &self.device {
+                    Device::Cpu => {
+                        tracing::info!(key_cache = ?self.key_root, "building the SP1 worker");
+                        let built = build_worker(self.artifacts.clone(), self.bus.clone(), self.key_root.as_deref()).await?;
+                        // A runner started for recursion work loads its keys while its first tasks
+                        // start (each task waits only for its own key). One that also proves core
+                        // shards may be serving a core-mode proof, which never uses them: it loads
+                        // them on first use only.
+                        if !self.stages.contains(&Stage::ProveCore) {
+                            for prover in built.stage_provers(&self.stages) {
+                                tokio::spawn(async move { prover.load_all().await });
+                            }
+                        }
+                        let [hits, misses, rejected, loaded, written] = built.cache_counts();
+                        tracing::info!(
+                            secs = started.elapsed().as_secs_f64(),
+                            hits, misses, rejected, loaded, written,
+                            "SP1 worker ready"
+                        );
+                        anyhow::Ok(ProvingWorker::Cpu(built))
+                    }
+                    #[cfg(feature = "cuda")]
+                    Device::Gpu(scope) => {
+                        tracing::info!("building SP1's CUDA worker");
+                        let worker =
+                            crate::engine::build_cuda_worker(self.artifacts.clone(), self.bus.clone(), scope.clone()).await?;
+                        tracing::info!(secs = started.elapsed().as_secs_f64(), prover = "cuda", "SP1 worker ready");
+                        anyhow::Ok(ProvingWorker::Cuda(worker))
                     }
                 }
-                let [hits, misses, rejected, loaded, written] = built.cache_counts();
-                tracing::info!(
-                    secs = started.elapsed().as_secs_f64(),
-                    hits, misses, rejected, loaded, written,
-                    "SP1 worker ready"
-                );
-                anyhow::Ok(built)
             })
-            .await?;
-        Ok(&built.worker)
+            .await
     }
 
     /// Whether every recursion key this runner set up is cached and verified (see `CacheStats`).
     pub fn all_keys_cached(&self) -> bool {
-        self.worker.get().is_some_and(|built| built.compress.stats().all_cached() && built.shrink.stats().all_cached())
+        self.cpu_worker().is_some_and(|built| built.compress.stats().all_cached() && built.shrink.stats().all_cached())
+    }
+
+    fn cpu_worker(&self) -> Option<&CachedWorker<A, W>> {
+        match self.worker.get()? {
+            ProvingWorker::Cpu(built) => Some(built),
+            #[cfg(feature = "cuda")]
+            ProvingWorker::Cuda(_) => None,
+        }
     }
 
     /// Waits for cache entries still being written, so the next runner finds them.
     pub async fn finish(&self) {
-        if let Some(built) = self.worker.get() {
+        if let Some(built) = self.cpu_worker() {
             built.compress.finish_writes().await;
             built.shrink.finish_writes().await;
         }
@@ -227,7 +277,9 @@ impl<A: ArtifactClient, W: WorkerClient> StageProvers<A, W> {
         }
         if self.stages.iter().any(|s| proving.contains(s)) {
             self.worker().await?;
-            let built = self.worker.get().expect("just built");
+            let Some(built) = self.cpu_worker() else {
+                return Ok(None);
+            };
             for prover in built.stage_provers(&self.stages) {
                 prover.load_all().await;
             }

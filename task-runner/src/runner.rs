@@ -1,6 +1,8 @@
 //! The claim loop: register, heartbeat, claim tasks of our stages while capacity allows, and
 //! decide when to exit. SIGTERM (a deleted pod, a spot notice, a cancel) hands the running tasks
-//! back to the queue and exits 75 so the work resumes elsewhere.
+//! back to the queue and exits 75 so the work resumes elsewhere. A runner that proves on a GPU
+//! checks its GPU first and exits 69 when the node cannot take the work (`gpu.rs`); it then lives
+//! inside one CUDA task, because SP1's CUDA provers keep using the task they were built in.
 
 use std::{sync::Arc, time::{Duration, Instant}};
 
@@ -12,7 +14,11 @@ use proofjobs_pipeline::{
     stage::{stage_list, Stage},
     state::{wait_for, Db, Notifications},
 };
-use proofjobs_task_runner::provers::{key_cache_root, StageProvers};
+use proofjobs_task_runner::{
+    engine::ProverKind,
+    gpu::{self, GpuNeeds},
+    provers::{key_cache_root, Device, StageProvers},
+};
 use tokio::{signal::unix::SignalKind, sync::Semaphore, task::JoinSet};
 
 use crate::{tasks::{Outcome, TaskContext}, Args};
@@ -45,7 +51,8 @@ pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
         tracing::error!("registering runner: {e:#}");
         return exit::TRANSIENT;
     }
-    tracing::info!(runner = %runner_id, proof = %args.proof, stages = %stage_list(&stages), "runner started");
+    let kind = args.prover.unwrap_or(ProverKind::BUILT);
+    tracing::info!(runner = %runner_id, proof = %args.proof, stages = %stage_list(&stages), prover = kind.as_str(), "runner started");
 
     let heartbeat = tokio::spawn({
         let db = db.clone();
@@ -60,16 +67,14 @@ pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
         }
     });
 
-    let bus = PgBus::new(db.clone(), notifications.clone());
-    let key_root = key_cache_root(args.key_cache.as_deref());
-    let provers = StageProvers::new(store.clone(), bus, stages.clone(), key_root);
-    let ctx = Arc::new(TaskContext::new(runner_id.clone(), stages.clone(), db.clone(), store, provers));
-    let code = claim_loop(&args, &stages, &runner_id, &db, &notifications, ctx.clone()).await;
-    let code = if ctx.found_bad_input() { exit::BAD_INPUT } else { code };
-    if code != exit::TRANSIENT {
-        // Keys computed here are worth minutes to the next runner on this machine.
-        let _ = tokio::time::timeout(Duration::from_secs(120), ctx.finish()).await;
-    }
+    let on_gpu = kind.proves_on_gpu(&stages);
+    let code = match if on_gpu { check_gpu(&db, &runner_id).await } else { Ok(()) } {
+        Err(code) => code,
+        Ok(()) => {
+            let serve = Serve { args: &args, stages: &stages, runner_id: &runner_id, db: &db, store, notifications: &notifications, kind };
+            serve.on_device(on_gpu).await
+        }
+    };
     heartbeat.abort();
     let error = db.runner_error(&runner_id).await.ok().flatten();
     if let Err(e) = db.runner_exited(&runner_id, Some(code), error.as_deref()).await {
@@ -78,6 +83,99 @@ pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
     let peak_rss_mb = proofjobs_pipeline::memory::peak_rss_kb() / 1024;
     tracing::info!(runner = %runner_id, code, peak_rss_mb, "runner exiting");
     code
+}
+
+/// Checks this node's GPU before any task is claimed; `Err` is the exit code, the reason recorded.
+async fn check_gpu(db: &Db, runner_id: &str) -> Result<(), i32> {
+    let refuse = |code: i32, reason: String| async move {
+        tracing::error!("{reason}");
+        let _ = db.set_runner_error(runner_id, &reason).await;
+        Err(code)
+    };
+    if !cfg!(feature = "cuda") {
+        let reason = "this stage proves on a GPU (PROOFJOBS_PROVER=cuda) but this task-runner was built without \
+                      the `cuda` feature: run GPU stages from the CUDA image"
+            .to_string();
+        return refuse(exit::USAGE, reason).await;
+    }
+    let needs = match GpuNeeds::from_env() {
+        Ok(needs) => needs,
+        Err(reason) => return refuse(exit::USAGE, reason).await,
+    };
+    let probed = tokio::task::spawn_blocking(gpu::probe).await.unwrap_or_else(|e| Err(format!("probing the GPU panicked: {e}")));
+    match gpu::choose(&probed, &needs) {
+        Ok(found) => {
+            tracing::info!(gpu = %found, "GPU checked: {needs}");
+            if let Err(e) = db.set_runner_device(runner_id, &found.to_string()).await {
+                tracing::warn!("recording the GPU: {e:#}");
+            }
+            Ok(())
+        }
+        Err(reason) => refuse(exit::UNSUITABLE_NODE, reason).await,
+    }
+}
+
+/// What the claim loop needs, so that it can run inside a CUDA task or without one.
+struct Serve<'a> {
+    args: &'a Args,
+    stages: &'a [Stage],
+    runner_id: &'a str,
+    db: &'a Db,
+    store: ArtifactStore,
+    notifications: &'a Notifications,
+    kind: ProverKind,
+}
+
+impl Serve<'_> {
+    async fn on_device(self, on_gpu: bool) -> i32 {
+        #[cfg(feature = "cuda")]
+        if on_gpu {
+            if !proofjobs_task_runner::engine::gpu_opts_agree() {
+                tracing::warn!(
+                    "SP1's shard settings for this GPU differ from the ones CPU-side controllers assume for CUDA \
+                     proofs (cards of 30 GB or less): proofs controlled elsewhere may cut shards this GPU cannot hold"
+                );
+            }
+            let runner_id = self.runner_id.to_string();
+            let gpu_memory = gpu::GpuMemoryPeak::start();
+            let code = match sp1_gpu_cudart::run_in_place(|scope| self.serve(Device::Gpu(scope))).await.await {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!(runner = %runner_id, "CUDA: {e}");
+                    exit::INTERNAL
+                }
+            };
+            if let Some(peak) = gpu_memory {
+                tracing::info!(runner = %runner_id, peak_gpu_mb = peak.peak_mb(), "GPU memory");
+            }
+            return code;
+        }
+        debug_assert!(!on_gpu, "GPU runners are refused before this without the cuda feature");
+        self.serve(Device::Cpu).await
+    }
+
+    async fn serve(self, device: Device) -> i32 {
+        let Serve { args, stages, runner_id, db, store, notifications, kind } = self;
+        let bus = PgBus::new(db.clone(), notifications.clone());
+        let key_root = key_cache_root(args.key_cache.as_deref());
+        // A controller next to a GPU prover asks SP1 what this card takes; elsewhere it assumes.
+        #[cfg(feature = "cuda")]
+        let core_opts = match device {
+            Device::Gpu(_) => sp1_gpu_prover::local_gpu_opts(),
+            Device::Cpu => kind.core_opts(),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let core_opts = kind.core_opts();
+        let provers = StageProvers::with_device(store.clone(), bus, stages.to_vec(), key_root, core_opts, device);
+        let ctx = Arc::new(TaskContext::new(runner_id.to_string(), stages.to_vec(), db.clone(), store, provers));
+        let code = claim_loop(args, stages, runner_id, db, notifications, ctx.clone()).await;
+        let code = if ctx.found_bad_input() { exit::BAD_INPUT } else { code };
+        if code != exit::TRANSIENT {
+            // Keys computed here are worth minutes to the next runner on this machine.
+            let _ = tokio::time::timeout(Duration::from_secs(120), ctx.finish()).await;
+        }
+        code
+    }
 }
 
 async fn claim_loop(

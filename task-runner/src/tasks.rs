@@ -140,28 +140,19 @@ impl TaskContext {
                 Ok(())
             }
             TaskType::ProveShard => {
-                let worker = self.provers.worker().await.map_err(fatal)?;
-                let handle = worker.prover_engine().submit_prove_core_shard(raw.clone()).await?;
-                let result = handle.await.map_err(|e| fatal(anyhow::anyhow!("shard task aborted: {e}")))?;
-                raw.recover_prove_shard_if_complete(result, &self.store).await?;
+                self.provers.worker().await.map_err(fatal)?.prove_shard(raw, &self.store).await?;
                 Ok(())
             }
             TaskType::RecursionReduce => {
-                let worker = self.provers.worker().await.map_err(fatal)?;
-                let handle = worker.prover_engine().submit_recursion_reduce(raw.clone()).await?;
-                let result = handle.await.map_err(|e| fatal(anyhow::anyhow!("reduce task aborted: {e}")))?;
-                raw.recover_if_complete(result, &self.store).await?;
+                self.provers.worker().await.map_err(fatal)?.recursion_reduce(raw, &self.store).await?;
                 Ok(())
             }
             TaskType::RecursionDeferred => {
-                let worker = self.provers.worker().await.map_err(fatal)?;
-                let handle = worker.prover_engine().submit_prove_deferred(raw).await?;
-                handle.await.map_err(|e| fatal(anyhow::anyhow!("deferred task aborted: {e}")))??;
+                self.provers.worker().await.map_err(fatal)?.prove_deferred(raw).await?;
                 Ok(())
             }
             TaskType::ShrinkWrap => {
-                let worker = self.provers.worker().await.map_err(fatal)?;
-                worker.prover_engine().run_shrink_wrap(raw).await?;
+                self.provers.worker().await.map_err(fatal)?.shrink_wrap(raw).await?;
                 Ok(())
             }
             TaskType::PlonkWrap | TaskType::Groth16Wrap => {
@@ -172,9 +163,9 @@ impl TaskContext {
                 })?;
                 let worker = self.provers.worker().await.map_err(fatal)?;
                 if kind == TaskType::PlonkWrap {
-                    worker.prover_engine().run_plonk(raw).await?;
+                    worker.plonk(raw).await?;
                 } else {
-                    worker.prover_engine().run_groth16(raw).await?;
+                    worker.groth16(raw).await?;
                 }
                 Ok(())
             }

@@ -188,9 +188,13 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         });
     }
 
+    if let (true, Some(gib)) = (profile.gpus > 0, profile.gpu_min_free_gib) {
+        env.push(self::env("PROOFJOBS_GPU_MIN_FREE_GIB", gib.to_string()));
+    }
+
     let container = Container {
         name: CONTAINER.into(),
-        image: Some(settings.image.clone()),
+        image: Some(profile.image.clone().unwrap_or_else(|| settings.image.clone())),
         command: Some(vec![settings.command.clone()]),
         env: Some(env),
         resources: Some(ResourceRequirements { requests: Some(quantities), limits: Some(limits), ..Default::default() }),
@@ -321,6 +325,19 @@ mod tests {
         assert_eq!(v["metadata"]["labels"]["proofjobs.io/progress"], "0-of-0");
         assert_eq!(v["metadata"]["labels"]["app.kubernetes.io/managed-by"], "proofjobs");
         assert_eq!(v["spec"]["template"]["metadata"]["labels"]["proofjobs.io/proof"], "proof_0192ab");
+        assert_eq!(c["image"], "proofjobs/task-runner:dev");
+    }
+
+    #[test]
+    fn a_gpu_profile_picks_the_cuda_image_and_passes_its_memory_floor() {
+        let profiles = StageProfiles::parse(r#"{"prove-core": {"gpus": 1, "cpu": "8", "memory": "48Gi", "image": "proofjobs/task-runner-cuda:dev", "gpuMinFreeGib": 40}}"#).unwrap();
+        let spec = spec(vec![Stage::ProveCore]);
+        let job = build_job(&spec, profiles.get(Stage::ProveCore), &JobSettings::for_tests("ns"), false);
+        let v = serde_json::to_value(&job).unwrap();
+        let c = &v["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "proofjobs/task-runner-cuda:dev");
+        assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "PROOFJOBS_GPU_MIN_FREE_GIB" && e["value"] == "40"));
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
     }
 
     #[test]

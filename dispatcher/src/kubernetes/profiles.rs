@@ -22,6 +22,13 @@ pub struct StageProfile {
     pub gpus: u32,
     pub cpu: String,
     pub memory: String,
+    /// The runner image of this stage, e.g. the CUDA image for GPU stages; default `--runner-image`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Free GPU memory (GiB) a runner of this stage needs before it claims work; below it the
+    /// runner exits 69 and the pod is retried elsewhere (default: the runner's own floor, 20 GiB).
+    #[serde(default)]
+    pub gpu_min_free_gib: Option<f64>,
 }
 
 impl StageProfile {
@@ -42,6 +49,8 @@ impl StageProfile {
             gpus,
             cpu: cpu.into(),
             memory: memory.into(),
+            image: None,
+            gpu_min_free_gib: None,
         }
     }
 }
@@ -123,6 +132,17 @@ mod tests {
         assert_eq!(p.get(Stage::Setup).memory, "24Gi");
         assert!(StageProfiles::parse(r#"{"prove": {"cpu": "1", "memory": "1Gi"}}"#).is_err());
         assert!(StageProfiles::parse(r#"{"setup": {"cpu": "1", "memory": "1Gi", "gpu": 1}}"#).is_err());
+    }
+
+    #[test]
+    fn gpu_stages_can_name_the_cuda_image_and_a_memory_floor() {
+        let p = StageProfiles::parse(
+            r#"{"prove-core": {"gpus": 1, "cpu": "8", "memory": "48Gi", "image": "registry/proofjobs/task-runner-cuda:1", "gpuMinFreeGib": 40}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.get(Stage::ProveCore).image.as_deref(), Some("registry/proofjobs/task-runner-cuda:1"));
+        assert_eq!(p.get(Stage::ProveCore).gpu_min_free_gib, Some(40.0));
+        assert_eq!(p.get(Stage::Execute).image, None);
     }
 
     #[test]
