@@ -137,10 +137,10 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: Baseline, key_cache: &st
             idempotency_key: String::new(),
             quiet: true,
         };
-        let started = Instant::now();
         let run = crate::prove_embedded_measured(&args, std::env::var_os("PROOFJOBS_BENCH_KEEP").is_some()).await?;
         let proof = run.proof;
-        let pipeline_s = started.elapsed().as_secs_f64();
+        // Like the baseline's total: from the start to the proof in hand, teardown excluded.
+        let pipeline_s = run.proof_secs;
         anyhow::ensure!(proof.status == "completed", "pipeline proof {}: {}", proof.status, proof.failure_cause);
         cycles = proof.cycles;
         if let Some(checker) = &checker {
@@ -192,7 +192,7 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: Baseline, key_cache: &st
         Baseline::Bin(bin) => bin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         _ => "sp1-sdk".into(),
     };
-    let gpu = rows.iter().any(|r| r.runner_gpu_mb.is_some());
+    let gpu = rows.iter().any(|r| r.runner_gpu_mb.is_some() || r.sdk.as_ref().is_some_and(|v| v["peak_gpu_mb"].is_u64()));
     println!("fibonacci: {mcycles} Mcycles requested; checks {}", if check { "passed" } else { "not run" });
     print!("| mode | key cache | proofjobs embedded (s) | {direct} direct (s) | ratio | runner peak RSS (GB) | {direct} peak RSS (GB) | runner prover init (s) | {direct} prover init (s) |");
     println!("{}", if gpu { format!(" runner peak GPU (GB) | {direct} peak GPU (GB) | MHz (cycles/s, pipeline) |") } else { String::new() });

@@ -227,6 +227,8 @@ async fn prove_remote(api: &str, args: &ProveArgs) -> Result<Proof> {
 /// An embedded proof, and how long its runner took to build the SP1 worker (from its log).
 pub struct EmbeddedRun {
     pub proof: Proof,
+    /// From the start of embedded mode to the proof downloaded (teardown excluded).
+    pub proof_secs: f64,
     pub worker_init_secs: Option<f64>,
     /// The largest runner's peak RSS, from its exit line.
     pub runner_peak_rss_mb: Option<u64>,
@@ -240,6 +242,7 @@ pub async fn prove_embedded(args: &ProveArgs, keep: bool) -> Result<Proof> {
 
 pub async fn prove_embedded_measured(args: &ProveArgs, keep: bool) -> Result<EmbeddedRun> {
     let (program, stdin) = inputs::load(&args.elf, args.stdin.as_deref())?;
+    let started = Instant::now();
     let env = embedded::Embedded::start(keep).await.context("starting embedded mode")?;
     let endpoint = env.endpoint.clone();
     let logs = env.runner_logs();
@@ -254,9 +257,20 @@ pub async fn prove_embedded_measured(args: &ProveArgs, keep: bool) -> Result<Emb
         if proof.status == "completed" && args.mode != "execute" {
             client::download_proof(&mut client, &id, &args.out).await?;
         }
-        Ok(proof)
+        Ok((proof, started.elapsed().as_secs_f64()))
     }
     .await;
+    // Runners exit on their own a few seconds after their proof; their last lines (peak memory)
+    // are what the benchmark reads, so give them that long before stopping them.
+    for _ in 0..100 {
+        let running = std::fs::read_dir(&logs).map(|entries| {
+            entries.flatten().any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| !t.contains("runner exiting")))
+        });
+        if !running.unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     if keep {
         eprintln!("embedded: state kept in {}", env.dir.display());
     }
@@ -268,7 +282,8 @@ pub async fn prove_embedded_measured(args: &ProveArgs, keep: bool) -> Result<Emb
     let runner_peak_gpu_mb =
         runner_log_values(&logs, "GPU memory", "peak_gpu_mb=").into_iter().reduce(f64::max).map(|mb| mb as u64);
     env.shutdown().await;
-    Ok(EmbeddedRun { proof: outcome?, worker_init_secs, runner_peak_rss_mb, runner_peak_gpu_mb })
+    let (proof, proof_secs) = outcome?;
+    Ok(EmbeddedRun { proof, proof_secs, worker_init_secs, runner_peak_rss_mb, runner_peak_gpu_mb })
 }
 
 /// Values a runner logs as `<key><number>` on its line containing `marker` (e.g. `SP1 worker

@@ -11,7 +11,7 @@ use proofjobs_pipeline::{
     artifacts::{ArtifactStore, StoreConfig},
     bus::PgBus,
     exit, ids,
-    stage::{stage_list, Stage},
+    stage::{stage_list, Mode, Stage},
     state::{wait_for, Db, Notifications},
 };
 use proofjobs_task_runner::{
@@ -166,9 +166,27 @@ impl Serve<'_> {
         };
         #[cfg(not(feature = "cuda"))]
         let core_opts = kind.core_opts();
+        let on_gpu = !matches!(device, Device::Cpu);
         let provers = StageProvers::with_device(store.clone(), bus, stages.to_vec(), key_root, core_opts, device);
         let ctx = Arc::new(TaskContext::new(runner_id.to_string(), stages.to_vec(), db.clone(), store, provers));
-        let code = claim_loop(args, stages, runner_id, db, notifications, ctx.clone()).await;
+        let claim = claim_loop(args, stages, runner_id, db, notifications, ctx.clone());
+        // SP1's CUDA worker takes ~20 s to build (pinned buffers, recursion programs on the device).
+        // A GPU runner of a proof that proves starts it at once, while its controller, setup and
+        // execution get going, instead of when the first shard arrives.
+        let proves = on_gpu && db.get_proof(&args.proof).await.ok().flatten().is_some_and(|p| p.mode != Mode::Execute);
+        let prefetch = async {
+            if proves {
+                if let Err(e) = ctx.prefetch_worker().await {
+                    tracing::warn!("building the GPU worker ahead of its first task: {e:#}");
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        // The claim loop decides when the runner ends; an unfinished prefetch is dropped with it.
+        let code = tokio::select! {
+            code = claim => code,
+            _ = prefetch => unreachable!("the prefetch future never ends by itself"),
+        };
         let code = if ctx.found_bad_input() { exit::BAD_INPUT } else { code };
         if code != exit::TRANSIENT {
             // Keys computed here are worth minutes to the next runner on this machine.

@@ -48,6 +48,11 @@ impl TaskContext {
         self.provers.finish().await;
     }
 
+    /// Builds the proving worker before any task asks for it.
+    pub async fn prefetch_worker(&self) -> anyhow::Result<()> {
+        self.provers.worker().await.map(drop)
+    }
+
     pub fn found_bad_input(&self) -> bool {
         self.found_bad_input.load(Ordering::SeqCst)
     }
