@@ -57,6 +57,9 @@ pub fn main() -> std::process::ExitCode {
 
 async fn prove(args: Args) -> Result<()> {
     let started = Instant::now();
+    // SP1's CUDA task pool panics without a usable GPU; say what is missing instead.
+    let probed = proofjobs_task_runner::gpu::probe();
+    proofjobs_task_runner::gpu::choose(&probed, &proofjobs_task_runner::gpu::GpuNeeds::DEFAULT).map_err(anyhow::Error::msg)?;
     let gpu_memory = proofjobs_task_runner::gpu::GpuMemoryPeak::start();
     let elf = std::fs::read(&args.elf).with_context(|| format!("reading {}", args.elf.display()))?;
     let stdin: SP1Stdin = bincode::deserialize(&std::fs::read(&args.stdin)?).context("stdin is not a bincode SP1Stdin")?;
