@@ -207,6 +207,9 @@ pub mod labels {
     /// What a stage Job waits for, when it waits: `waiting-for-capacity` (pods unschedulable,
     /// e.g. the GPU pool scaling from zero) or `queued` (held back by the global GPU cap).
     pub const WAITING: &str = "proofjobs.io/waiting";
+    /// The GPU model a GPU stage's pods found (e.g. `NVIDIA-H200`); the full description
+    /// (capability, memory, utilisation) is the annotation of the same name.
+    pub const GPU: &str = "proofjobs.io/gpu";
 }
 
 #[cfg(test)]

@@ -681,6 +681,16 @@ impl Db {
         Ok(())
     }
 
+    /// The GPU the newest pod of a Kubernetes runner group (`handle` = its Job) found.
+    pub async fn group_device(&self, handle: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT device FROM runners WHERE handle = $1 AND device IS NOT NULL ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(handle)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     pub async fn runner_device(&self, id: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar::<_, Option<String>>("SELECT device FROM runners WHERE id = $1")
             .bind(id)

@@ -87,6 +87,15 @@ pub fn proof_label(proof_id: &str) -> String {
 
 pub const PROOF_ID_ANNOTATION: &str = "proofjobs.io/proof-id";
 
+/// The `proofjobs.io/gpu` label value for a runner's device description ("NVIDIA H200 (GPU 0,
+/// …)"): the model, with what a label value cannot hold turned into `-`.
+pub fn gpu_label(device: &str) -> String {
+    let model = device.split(" (").next().unwrap_or(device);
+    let cleaned: String =
+        model.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).take(63).collect();
+    cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
+}
+
 /// Labels every object of a runner group carries (Job and pods).
 pub fn group_labels(spec: &RunnerSpec) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -302,6 +311,13 @@ mod tests {
         let long = job_name(&"x".repeat(300), "setup-prove-core-compress-shrink", 99);
         assert!(long.len() <= 63, "{long}");
         assert!(long.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+    }
+
+    #[test]
+    fn the_gpu_label_is_the_model_as_a_label_value() {
+        assert_eq!(gpu_label("NVIDIA H200 (GPU 0, compute 9.0, 139.3 GiB free of 139.8 GiB, 1% busy)"), "NVIDIA-H200");
+        assert_eq!(gpu_label("NVIDIA GeForce RTX 4090"), "NVIDIA-GeForce-RTX-4090");
+        assert!(gpu_label(&format!("{} (GPU 0)", "X".repeat(100))).len() <= 63);
     }
 
     #[test]

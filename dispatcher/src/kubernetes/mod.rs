@@ -363,15 +363,22 @@ impl Backend for KubeBackend {
             None
         };
         let labels_now = job.labels();
+        // The GPU its pods found, once one has reported it: `kubectl get jobs -L proofjobs.io/gpu`.
+        let device = if gpus > 0 && !labels_now.contains_key(labels::GPU) { self.db.group_device(&name).await? } else { None };
         let unchanged = labels_now.get(labels::PROGRESS) == Some(&progress)
             && labels_now.get(labels::WAITING).map(String::as_str) == waiting
             && parallelism == current
-            && suspend == suspended;
+            && suspend == suspended
+            && device.is_none();
         if !unchanged {
-            let patch = serde_json::json!({
+            let mut patch = serde_json::json!({
                 "metadata": {"labels": {labels::PROGRESS: progress, labels::WAITING: waiting}},
                 "spec": {"parallelism": parallelism, "suspend": suspend},
             });
+            if let Some(device) = device {
+                patch["metadata"]["labels"][labels::GPU] = job_spec::gpu_label(&device).into();
+                patch["metadata"]["annotations"] = serde_json::json!({ labels::GPU: device });
+            }
             self.jobs_api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
