@@ -245,6 +245,36 @@ async fn gpu_jobs_follow_the_queue_within_caps_and_capacity_wait_fails_the_proof
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gpu_job_shows_the_gpu_its_pod_found() {
+    // The pod's report is written as a CUDA runner writes it after its GPU check (there is no GPU
+    // here); the dispatcher copies it onto the Job, where `kubectl get jobs -L proofjobs.io/gpu`
+    // shows it.
+    init_tracing();
+    let _k = kube_lock().await;
+    let (cluster, env) = KubeEnv::cluster(&KubeOptions { pools: Vec::new(), ..Default::default() }).await.unwrap();
+    let db = cluster.db.db().await;
+    let id = format!("gpu-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    insert_stage_ready_proof(&db, &id, Stage::ProveCore, sp1_prover_types::TaskType::ProveShard, 1).await.unwrap();
+    let name = job_name(&id, "prove-core", 0);
+    wait_job(&env, &name).await;
+    let pod = format!("{name}-x1y2z");
+    db.register_runner(&pod, &id, &[Stage::ProveCore], "kubernetes-pod", &name).await.unwrap();
+    let device = "NVIDIA H200 (GPU 0, compute 9.0, 139.3 GiB free of 139.8 GiB, 1% busy)";
+    db.set_runner_device(&pod, device).await.unwrap();
+    db.runner_exited(&pod, Some(0), None).await.unwrap();
+    let shown = || {
+        kubectl(&["-n", &env.namespace, "get", "job", &name, "-o",
+            "jsonpath={.metadata.labels.proofjobs\\.io/gpu}|{.metadata.annotations.proofjobs\\.io/gpu}"])
+    };
+    let started = Instant::now();
+    while shown() != format!("NVIDIA-H200|{device}") {
+        assert!(started.elapsed() < Duration::from_secs(30), "the Job never showed the GPU: {}", shown());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    cluster.shutdown().await;
+}
+
 async fn wait_job(env: &KubeEnv, name: &str) {
     let started = Instant::now();
     while !kubectl(&["-n", &env.namespace, "get", "jobs", "-o", "name"]).contains(name) {
