@@ -1,4 +1,4 @@
-//! The task-runner's exit codes (DESIGN.md §4). The dispatcher's backends and the Kubernetes
+//! The task-runner's exit codes (docs/ARCHITECTURE.md, "Exit codes"). The dispatcher's backends and the Kubernetes
 //! podFailurePolicy both read a runner's fate from these numbers, so they live in one place.
 
 /// The stage has no more work for this runner.

@@ -1,4 +1,4 @@
-//! The stage model (DESIGN.md §3), defined once. A stage groups the SP1 task types of one proof that
+//! The stage model (docs/ARCHITECTURE.md, "Stages and placement"), defined once. A stage groups the SP1 task types of one proof that
 //! share a resource profile; the dispatcher runs one runner group (a local process or a Kubernetes
 //! Job) per stage and proof, and users follow progress per stage. Everything that needs to know
 //! which task belongs where — the bus, the runner's claim query, Job labels — asks this module.
@@ -197,7 +197,7 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Kubernetes labels on stage Jobs and their pods (DESIGN.md §4).
+/// Kubernetes labels on stage Jobs and their pods (docs/ARCHITECTURE.md, "Kubernetes backend").
 pub mod labels {
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     pub const MANAGER: &str = "proofjobs";

@@ -1,8 +1,8 @@
 //! task-runner: the short-lived process of one stage (or a group of stages) of one proof. It
 //! claims that stage's tasks from the durable task bus, runs them with the SP1 worker code,
 //! writes outputs to the artifact store, and exits when its stages have no more work, so the
-//! machine it runs on can go away. Its exit code is the contract of DESIGN.md §4
-//! (`proofjobs_pipeline::exit`).
+//! machine it runs on can go away. Its exit code is the contract in docs/ARCHITECTURE.md,
+//! "Exit codes" (`proofjobs_pipeline::exit`).
 
 #[cfg(feature = "cuda")]
 mod direct;

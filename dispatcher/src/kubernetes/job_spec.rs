@@ -1,4 +1,4 @@
-//! What a stage Job looks like (DESIGN.md §4), built in one place from the runner spec, the
+//! What a stage Job looks like (docs/ARCHITECTURE.md, "Kubernetes backend"), built in one place from the runner spec, the
 //! stage profiles and the operator's settings, so unit tests can pin every field the contract
 //! promises and the real-apiserver tests can check the apiserver accepts it.
 

@@ -1,4 +1,4 @@
-//! The Kubernetes backend: a runner group is a Job (DESIGN.md §4). The dispatcher's view of Jobs
+//! The Kubernetes backend: a runner group is a Job (docs/ARCHITECTURE.md, "Kubernetes backend"). The dispatcher's view of Jobs
 //! and their pods comes from kube-runtime reflectors (watches, not polling); a watch event wakes
 //! the reconcile loop. Each pod of a Job is its own runner on the task bus (its own claims), so a
 //! pod that dies has exactly its own tasks handed back.
