@@ -691,14 +691,6 @@ impl Db {
         .await?)
     }
 
-    pub async fn runner_device(&self, id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar::<_, Option<String>>("SELECT device FROM runners WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .flatten())
-    }
-
     pub async fn runner_error(&self, id: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar::<_, Option<String>>("SELECT error FROM runners WHERE id = $1")
             .bind(id)

@@ -68,7 +68,7 @@ impl FromStr for ProverKind {
 
 /// SP1's GPU shard settings for cards over 30 GB, as `sp1_gpu_prover::local_gpu_opts` chooses them
 /// on such a card, for controllers that run where there is no GPU to ask. A GPU runner compares
-/// this with SP1's own answer on its card at start (`gpu_opts_agree`), and the GPU test checks it.
+/// this with SP1's own answer on its card at start and warns when they differ.
 pub fn gpu_core_opts() -> SP1CoreOpts {
     let mut opts = SP1CoreOpts::default();
     opts.shard_size = 1 << 24;
@@ -151,12 +151,6 @@ pub async fn build_cuda_worker<A: ArtifactClient, W: WorkerClient>(
     scope: sp1_gpu_cudart::TaskScope,
 ) -> Result<sp1_prover::worker::SP1Worker<A, W, sp1_gpu_prover::SP1CudaProverComponents>> {
     sp1_gpu_prover::cuda_worker_builder(scope).await.with_artifact_client(artifacts).with_worker_client(bus).build().await
-}
-
-/// Whether SP1's own GPU shard settings on this card are the ones CPU-side controllers assume.
-#[cfg(feature = "cuda")]
-pub fn gpu_opts_agree() -> bool {
-    sp1_gpu_prover::local_gpu_opts() == gpu_core_opts()
 }
 
 #[cfg(test)]

@@ -130,12 +130,6 @@ impl Serve<'_> {
     async fn on_device(self, on_gpu: bool) -> i32 {
         #[cfg(feature = "cuda")]
         if on_gpu {
-            if !proofjobs_task_runner::engine::gpu_opts_agree() {
-                tracing::warn!(
-                    "SP1's shard settings for this GPU differ from the ones CPU-side controllers assume for CUDA \
-                     proofs (cards of 30 GB or less): proofs controlled elsewhere may cut shards this GPU cannot hold"
-                );
-            }
             let runner_id = self.runner_id.to_string();
             let gpu_memory = gpu::GpuMemoryPeak::start();
             let code = match sp1_gpu_cudart::run_in_place(|scope| self.serve(Device::Gpu(scope))).await.await {
@@ -161,7 +155,17 @@ impl Serve<'_> {
         // A controller next to a GPU prover asks SP1 what this card takes; elsewhere it assumes.
         #[cfg(feature = "cuda")]
         let core_opts = match device {
-            Device::Gpu(_) => sp1_gpu_prover::local_gpu_opts(),
+            Device::Gpu(_) => {
+                let card = sp1_gpu_prover::local_gpu_opts();
+                if card != kind.core_opts() {
+                    tracing::warn!(
+                        "SP1's shard settings for this GPU differ from the ones CPU-side controllers assume for \
+                         CUDA proofs (cards of 30 GB or less): proofs controlled elsewhere may cut shards this GPU \
+                         cannot hold"
+                    );
+                }
+                card
+            }
             Device::Cpu => kind.core_opts(),
         };
         #[cfg(not(feature = "cuda"))]
