@@ -196,7 +196,7 @@ impl ClusterService for ClusterApi {
     }
 
     async fn healthcheck(&self, _request: Request<()>) -> Result<Response<()>, Status> {
-        sqlx::query("SELECT 1").execute(self.intake.db.pool()).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        self.intake.db.ping().await.map_err(|e| Status::unavailable(format!("{e:#}")))?;
         Ok(Response::new(()))
     }
 }

@@ -154,11 +154,7 @@ impl Intake {
     }
 
     async fn existing_for_key(&self, key: &str) -> Result<Option<String>, Status> {
-        sqlx::query_scalar::<_, String>("SELECT id FROM proofs WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(self.db.pool())
-            .await
-            .map_err(|e| internal(e.into()))
+        self.db.proof_for_idempotency_key(key).await.map_err(internal)
     }
 
     async fn create(

@@ -34,6 +34,15 @@ pub struct GroupLoad {
     pub concurrency: usize,
 }
 
+/// Something an operator should read about a runner group (on Kubernetes, an Event on its Job).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub warning: bool,
+    /// Short, PascalCase: `Retrying`, `Hung`, `ProofFailed`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
 #[allow(async_fn_in_trait)]
 pub trait Backend: Send + Sync + 'static {
     /// The name recorded on runner rows, so each backend adopts only its own runners.
@@ -43,6 +52,11 @@ pub trait Backend: Send + Sync + 'static {
     fn runner_id(&self, _proof_id: &str, _stages: &[Stage], _attempt: u32) -> String {
         ids::new_runner_id()
     }
+    /// Whether this backend's runner rows are the runners themselves, heartbeating (local
+    /// processes), so a silent one is hung. Job rows are not: their pods carry the heartbeats.
+    fn heartbeats(&self) -> bool {
+        false
+    }
     /// Woken when the backend's world changes (a watch event), besides the database's notifications.
     fn changed(&self) -> Option<Arc<Notify>> {
         None
@@ -51,6 +65,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Returns how long its pods have waited for capacity, when they are waiting.
     fn observe(&self, _runner: &RunnerRow, _load: &GroupLoad) -> impl std::future::Future<Output = anyhow::Result<Option<Duration>>> + Send {
         async { Ok(None) }
+    }
+    /// Tell operators what happened to a runner group, where the backend has a place for it.
+    fn tell(&self, _runner: &RunnerRow, _note: &Note) -> impl std::future::Future<Output = ()> + Send {
+        async {}
     }
     /// Start a runner; returns its handle (pid, Job name).
     fn launch(&self, spec: &RunnerSpec) -> impl std::future::Future<Output = anyhow::Result<String>> + Send;

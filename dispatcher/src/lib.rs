@@ -8,7 +8,9 @@
 pub mod backend;
 pub mod kubernetes;
 pub mod local;
+pub mod plan;
 pub mod reconcile;
 
 pub use backend::{Backend, Placement, RunnerSpec};
+pub use plan::Policy;
 pub use reconcile::Dispatcher;

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use proofjobs_pipeline::{stage::stage_list, state::RunnerRow};
+use proofjobs_pipeline::{runner_env::RunnerEnv, stage::stage_list, state::RunnerRow};
 use tokio::process::{Child, Command};
 
 use crate::backend::{Backend, Ended, RunnerSpec};
@@ -19,21 +19,30 @@ use crate::backend::{Backend, Ended, RunnerSpec};
 pub struct LocalBackend {
     runner_bin: PathBuf,
     log_dir: PathBuf,
-    env: Vec<(String, String)>,
+    database_url: String,
+    artifact_store: String,
+    /// Besides the runner contract; runners also inherit this process's environment.
+    extra_env: Vec<(String, String)>,
     children: Mutex<HashMap<String, Child>>,
 }
 
 impl LocalBackend {
-    /// `env` is what every runner gets besides its own identity: DATABASE_URL,
-    /// PROOFJOBS_ARTIFACT_STORE, and anything else the operator passes through.
-    pub fn new(runner_bin: PathBuf, log_dir: PathBuf, env: Vec<(String, String)>) -> Result<LocalBackend> {
+    /// Runners get the contract of `proofjobs_pipeline::runner_env` (with these state and store
+    /// URLs), then `extra_env`.
+    pub fn new(
+        runner_bin: PathBuf,
+        log_dir: PathBuf,
+        database_url: String,
+        artifact_store: String,
+        extra_env: Vec<(String, String)>,
+    ) -> Result<LocalBackend> {
         anyhow::ensure!(
             runner_bin.is_file(),
             "task-runner binary not found at {} (build it with `cargo build --release -p proofjobs-task-runner` or set PROOFJOBS_TASK_RUNNER)",
             runner_bin.display()
         );
         std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-        Ok(LocalBackend { runner_bin, log_dir, env, children: Mutex::new(HashMap::new()) })
+        Ok(LocalBackend { runner_bin, log_dir, database_url, artifact_store, extra_env, children: Mutex::new(HashMap::new()) })
     }
 
     pub fn log_path(&self, runner_id: &str) -> PathBuf {
@@ -62,10 +71,13 @@ impl LocalBackend {
     }
 }
 
+/// Where an operator points the local backend at a task-runner binary.
+pub const TASK_RUNNER_VAR: &str = "PROOFJOBS_TASK_RUNNER";
+
 /// The default place of the task-runner binary: next to the running executable (cargo puts all
 /// of a workspace's binaries in one directory; so does the container image).
 pub fn default_runner_bin() -> PathBuf {
-    if let Ok(path) = std::env::var("PROOFJOBS_TASK_RUNNER") {
+    if let Ok(path) = std::env::var(TASK_RUNNER_VAR) {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().unwrap_or_default();
@@ -94,13 +106,28 @@ impl Backend for LocalBackend {
         "local"
     }
 
+    fn heartbeats(&self) -> bool {
+        true
+    }
+
     async fn launch(&self, spec: &RunnerSpec) -> Result<String> {
         let log = std::fs::File::create(self.log_path(&spec.runner_id))?;
         let mut cmd = Command::new(&self.runner_bin);
-        cmd.env("PROOFJOBS_PROOF_ID", &spec.proof_id)
-            .env("PROOFJOBS_STAGES", stage_list(&spec.stages))
-            .env("PROOFJOBS_RUNNER_ID", &spec.runner_id)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        let contract = RunnerEnv {
+            proof_id: spec.proof_id.clone(),
+            stages: spec.stages.clone(),
+            runner_id: Some(spec.runner_id.clone()),
+            backend: self.name().into(),
+            handle: None,
+            database_url: self.database_url.clone(),
+            artifact_store: self.artifact_store.clone(),
+            key_cache: None,
+            prover: None,
+            gpu_min_free_gib: None,
+            idle_exit_secs: None,
+        };
+        cmd.envs(contract.to_vars())
+            .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

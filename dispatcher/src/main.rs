@@ -5,8 +5,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use clap::Parser;
 use proofjobs_dispatcher::{
     kubernetes::{job_spec::JobSettings, profiles::StageProfiles, KubeBackend, KubeSettings},
-    local::{default_runner_bin, LocalBackend},
-    Backend, Dispatcher, Placement,
+    local::{default_runner_bin, LocalBackend, TASK_RUNNER_VAR},
+    Backend, Dispatcher, Placement, Policy,
 };
 use proofjobs_pipeline::state::{Db, Notifications};
 
@@ -28,8 +28,17 @@ struct Args {
     /// How long a stage's pods may stay unschedulable (GPU pool scaling from zero) before the proof fails.
     #[arg(long, env = "PROOFJOBS_CAPACITY_WAIT_SECS", default_value_t = 900)]
     capacity_wait_secs: u64,
+    /// Runner failures (crashes, kills, hangs) a proof survives.
+    #[arg(long, env = "PROOFJOBS_MAX_RUNNER_FAILURES", default_value_t = 3)]
+    max_runner_failures: i32,
+    /// Hand-backs (runner exit 69 or 75) one stage group of a proof survives.
+    #[arg(long, env = "PROOFJOBS_MAX_RUNNER_RETRIES", default_value_t = 20)]
+    max_runner_retries: i32,
+    /// A runner whose heartbeat is older than this is hung: stopped, its tasks handed on.
+    #[arg(long, env = "PROOFJOBS_HUNG_RUNNER_SECS", default_value_t = 120)]
+    hung_runner_secs: u64,
     /// Local backend: the task-runner binary (default: next to this one).
-    #[arg(long, env = "PROOFJOBS_TASK_RUNNER")]
+    #[arg(long, env = TASK_RUNNER_VAR)]
     task_runner: Option<PathBuf>,
     /// Local backend: where each runner's log goes.
     #[arg(long, env = "PROOFJOBS_LOG_DIR", default_value = "/tmp/proofjobs-runners")]
@@ -85,20 +94,25 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::connect(&args.database_url, 8).await?;
     db.migrate().await?;
     let notifications = Notifications::listen(&db).await?;
-    let wait = Duration::from_secs(args.capacity_wait_secs);
+    let policy = |placement: &str| -> anyhow::Result<Policy> {
+        Ok(Policy {
+            capacity_wait_limit: Duration::from_secs(args.capacity_wait_secs),
+            max_runner_failures: args.max_runner_failures,
+            max_runner_retries: args.max_runner_retries,
+            hung_after: Duration::from_secs(args.hung_runner_secs),
+            ..Policy::new(Placement::parse(args.placement.as_deref().unwrap_or(placement)).map_err(anyhow::Error::msg)?)
+        })
+    };
     match args.backend.as_str() {
         "local" => {
             anyhow::ensure!(!args.artifact_store.is_empty(), "--artifact-store (PROOFJOBS_ARTIFACT_STORE) is required with the local backend");
-            let placement = Placement::parse(args.placement.as_deref().unwrap_or("all")).map_err(anyhow::Error::msg)?;
-            let env = vec![
-                ("DATABASE_URL".to_string(), args.database_url.clone()),
-                ("PROOFJOBS_ARTIFACT_STORE".to_string(), args.artifact_store.clone()),
-            ];
-            let backend = LocalBackend::new(args.task_runner.unwrap_or_else(default_runner_bin), args.log_dir, env)?;
-            serve(db, notifications, backend, placement, wait).await
+            let policy = policy("all")?;
+            let runner_bin = args.task_runner.clone().unwrap_or_else(default_runner_bin);
+            let backend = LocalBackend::new(runner_bin, args.log_dir.clone(), args.database_url.clone(), args.artifact_store.clone(), vec![])?;
+            serve(db, notifications, backend, policy).await
         }
         "kubernetes" => {
-            let placement = Placement::parse(args.placement.as_deref().unwrap_or("per-stage")).map_err(anyhow::Error::msg)?;
+            let policy = policy("per-stage")?;
             let profiles = match &args.kube.stage_profiles {
                 Some(path) => StageProfiles::load(path)?,
                 None => StageProfiles::default(),
@@ -118,17 +132,18 @@ async fn main() -> anyhow::Result<()> {
                 profiles,
                 max_gpu_pods: args.kube.max_gpu_pods,
                 max_pods_per_job: args.kube.max_pods_per_job,
+                hung_after: Duration::from_secs(args.hung_runner_secs),
             };
             // In-cluster config, or KUBECONFIG outside a cluster.
             let client = kube::Client::try_default().await?;
             let backend = KubeBackend::start(client, settings, db.clone()).await?;
-            serve(db, notifications, backend, placement, wait).await
+            serve(db, notifications, backend, policy).await
         }
         other => anyhow::bail!("unknown backend {other:?} (expected local or kubernetes)"),
     }
 }
 
-async fn serve<B: Backend>(db: Db, notifications: Notifications, backend: B, placement: Placement, wait: Duration) -> anyhow::Result<()> {
+async fn serve<B: Backend>(db: Db, notifications: Notifications, backend: B, policy: Policy) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::spawn(async move {
@@ -139,5 +154,8 @@ async fn serve<B: Backend>(db: Db, notifications: Notifications, backend: B, pla
         let _ = stop_tx.send(true);
     });
     // Runners are left running on exit: the next dispatcher adopts them.
-    Dispatcher::new(db, Arc::new(backend), placement).with_capacity_wait_limit(wait).run(notifications, stop_rx).await
+    let result = Dispatcher::new(db.clone(), Arc::new(backend), policy).run(notifications.clone(), stop_rx).await;
+    notifications.shutdown().await;
+    db.close().await;
+    result
 }

@@ -1,50 +1,37 @@
-//! The reconcile loop. Level-triggered: every pass reads the durable state and makes the world
-//! match it — runners for stages with waiting tasks, none for finished proofs, deadlines enforced,
-//! ended runners accounted for — so a missed wake-up or a restart costs a pass, nothing more.
+//! The reconcile loop. Level-triggered: every pass reads the durable state and the backend's view,
+//! asks the planner (`plan.rs`) what to do, and does it — so a missed wake-up or a restart costs a
+//! pass, nothing more. Actions run proof by proof: an error in one proof's actions is logged and
+//! the pass goes on with the others.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use chrono::Utc;
 use proofjobs_pipeline::{
-    exit::{classify, ExitClass},
-
     stage::{stage_list, Stage},
-    state::{wait_for, Db, Notifications, ProofStatus},
+    state::{wait_for, Db, Notifications, ProofStatus, RunnerRow},
 };
 use tokio::sync::watch;
 
-use crate::backend::{Backend, GroupLoad, Placement, RunnerSpec};
+use crate::{
+    backend::{Backend, GroupLoad, RunnerSpec},
+    plan::{plan, Action, ActiveProof, Policy, RunnerView, Snapshot},
+};
 
-/// Runner failures (crashes, kills) a proof survives before it fails.
-pub const MAX_RUNNER_FAILURES: i32 = 3;
-
-/// How long runners of a finished proof get to exit by themselves (they check every 0.5 s).
-const FINISHED_RUNNER_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+/// How long a launch that failed (apiserver unreachable, binary missing) holds its group back.
+const LAUNCH_RETRY: Duration = Duration::from_secs(5);
+/// A pass runs at least this often even when nothing wakes the loop (heartbeats, deadlines).
+const IDLE_PASS: Duration = Duration::from_secs(1);
 
 pub struct Dispatcher<B: Backend> {
     db: Db,
     backend: Arc<B>,
-    placement: Placement,
-    /// How long a runner group's pods may wait for capacity (e.g. a GPU node group scaling from
-    /// zero) before the proof fails with that cause.
-    capacity_wait_limit: Duration,
-    /// When a runner group of a proof may be started again (backoff after failures).
-    not_before: HashMap<(String, Vec<Stage>), Instant>,
+    policy: Policy,
 }
 
 impl<B: Backend> Dispatcher<B> {
-    pub fn new(db: Db, backend: Arc<B>, placement: Placement) -> Self {
-        Dispatcher { db, backend, placement, capacity_wait_limit: Duration::from_secs(900), not_before: HashMap::new() }
-    }
-
-    pub fn with_capacity_wait_limit(mut self, limit: Duration) -> Self {
-        self.capacity_wait_limit = limit;
-        self
+    pub fn new(db: Db, backend: Arc<B>, policy: Policy) -> Self {
+        Dispatcher { db, backend, policy }
     }
 
     pub fn backend(&self) -> &Arc<B> {
@@ -52,7 +39,7 @@ impl<B: Backend> Dispatcher<B> {
     }
 
     /// Reconcile until `stop` turns true.
-    pub async fn run(mut self, notifications: Notifications, mut stop: watch::Receiver<bool>) -> Result<()> {
+    pub async fn run(self, notifications: Notifications, mut stop: watch::Receiver<bool>) -> Result<()> {
         let mut wake = notifications.subscribe();
         let changed = self.backend.changed().unwrap_or_default();
         tracing::info!(backend = self.backend.name(), "dispatcher running");
@@ -64,104 +51,78 @@ impl<B: Backend> Dispatcher<B> {
                 tracing::warn!("reconcile pass failed: {e:#}");
             }
             tokio::select! {
-                _ = wait_for(&mut wake, None, Duration::from_millis(1000)) => {}
+                _ = wait_for(&mut wake, None, IDLE_PASS) => {}
                 _ = changed.notified() => {}
                 _ = stop.changed() => {}
             }
         }
     }
 
-    pub async fn reconcile(&mut self) -> Result<()> {
+    /// One pass: gather, plan, act.
+    pub async fn reconcile(&self) -> Result<()> {
+        let snapshot = self.snapshot().await?;
+        let actions = plan(&snapshot, &self.policy);
+        let mut by_proof: Vec<(String, Vec<Action>)> = Vec::new();
+        for action in actions {
+            match by_proof.iter_mut().find(|(p, _)| p == action.proof_id()) {
+                Some((_, list)) => list.push(action),
+                None => by_proof.push((action.proof_id().to_string(), vec![action])),
+            }
+        }
+        for (proof_id, actions) in by_proof {
+            for action in actions {
+                if let Err(e) = self.execute(&action).await {
+                    tracing::warn!(proof = %proof_id, "{e:#}; the proof's remaining actions wait for the next pass");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot> {
         let backend_name = self.backend.name();
-        let live = self.db.live_runners(backend_name).await?;
-        // Progress first: a runner reaped below gets its final counts shown.
-        self.observe_runners(&live).await?;
-        for ended in self.backend.reap(&live).await? {
-            self.account_for(&ended.runner_id, ended.exit_code, &live).await?;
+        let live = self.db.unreaped_runners(backend_name).await?;
+        // Progress first, so a runner that ends below has its final counts shown.
+        let waiting = self.observe(&live).await?;
+        let ended: HashMap<String, Option<i32>> =
+            self.backend.reap(&live).await?.into_iter().map(|e| (e.runner_id, e.exit_code)).collect();
+        let proofs = self.db.active_proofs().await?;
+        let mut pending: HashMap<String, Vec<Stage>> = HashMap::new();
+        for (proof_id, stage) in self.db.pending_stages().await? {
+            pending.entry(proof_id).or_default().push(stage);
         }
-        let live = self.db.live_runners(backend_name).await?;
-        let active = self.db.active_proofs().await?;
-
-        // Runners of a finished proof (completed, failed, cancelled) see it and exit by
-        // themselves within a second, so their Jobs stay for operators to read (complete, or
-        // failed by the rule that matched); only a runner that lingers past the grace is stopped.
-        for runner in &live {
-            if active.iter().any(|p| p.id == runner.proof_id) {
-                continue;
-            }
-            let proof = self.db.get_proof(&runner.proof_id).await?;
-            let lingering = proof.as_ref().is_none_or(|p| p.finished_at.is_none_or(|t| Utc::now() - t > FINISHED_RUNNER_GRACE));
-            if lingering {
-                tracing::info!(runner = %runner.id, proof = %runner.proof_id, "stopping runner of a finished proof");
-                self.backend.stop(runner).await?;
-            }
-        }
-
-        let now = Utc::now();
-        for proof in &active {
-            if proof.deadline <= now {
-                let cause = format!("deadline exceeded: the proof was due at {}", proof.deadline.to_rfc3339());
-                if self.db.finish_proof(&proof.id, ProofStatus::Failed, Some(&cause), None, None).await? {
-                    tracing::warn!(proof = %proof.id, "{cause}");
-                }
-                continue;
-            }
-            let pending = self.db.stages_with_pending_tasks(&proof.id).await?;
-            if pending.is_empty() {
-                continue;
-            }
-            self.db.mark_proof_running(&proof.id).await?;
-            let mut groups: Vec<Vec<Stage>> = pending.iter().map(|s| self.placement.group_of(*s).to_vec()).collect();
-            groups.sort();
-            groups.dedup();
-            for group in groups {
-                let served = live.iter().any(|r| r.proof_id == proof.id && r.stages == group);
-                let key = (proof.id.clone(), group.clone());
-                if served || self.not_before.get(&key).is_some_and(|t| Instant::now() < *t) {
-                    continue;
-                }
-                let attempt = self.db.runner_attempts(&proof.id, &group, backend_name).await?;
-                let spec = RunnerSpec {
-                    runner_id: self.backend.runner_id(&proof.id, &group, attempt),
-                    proof_id: proof.id.clone(),
-                    stages: group.clone(),
-                    deadline_secs: (proof.deadline - now).num_seconds().max(1),
-                };
-                // The row goes first: a crash between the two leaves a runner row whose pid check
-                // fails on the next pass, never an untracked process.
-                self.db.register_runner(&spec.runner_id, &spec.proof_id, &spec.stages, backend_name, "").await?;
-                match self.backend.launch(&spec).await {
-                    Ok(handle) => self.db.set_runner_handle(&spec.runner_id, &handle).await?,
-                    Err(e) => {
-                        tracing::error!(proof = %proof.id, stages = %stage_list(&group), "launching runner: {e:#}");
-                        self.db.runner_exited(&spec.runner_id, None, Some(&format!("launch failed: {e:#}"))).await?;
-                        self.not_before.insert(key, Instant::now() + Duration::from_secs(5));
-                    }
-                }
-            }
-        }
-        Ok(())
+        let active: Vec<ActiveProof> = proofs
+            .into_iter()
+            .map(|p| ActiveProof { pending_stages: pending.remove(&p.id).unwrap_or_default(), id: p.id, status: p.status, deadline: p.deadline })
+            .collect();
+        let mut gone: Vec<String> = live.iter().map(|r| r.proof_id.clone()).filter(|id| !active.iter().any(|p| p.id == *id)).collect();
+        gone.sort();
+        gone.dedup();
+        let finished_at = self.db.finish_times(&gone).await?.into_iter().collect();
+        let mut ids: Vec<String> = active.iter().map(|p| p.id.clone()).collect();
+        ids.extend(live.iter().map(|r| r.proof_id.clone()));
+        ids.sort();
+        ids.dedup();
+        let groups = self.db.group_states(&ids, backend_name).await?;
+        let runners = live
+            .into_iter()
+            .map(|row| RunnerView { ended: ended.get(&row.id).copied(), waiting_for_capacity: waiting.get(&row.id).copied(), row })
+            .collect();
+        Ok(Snapshot { now: Utc::now(), active, runners, finished_at, groups, heartbeats: self.backend.heartbeats() })
     }
 
-    /// Tell the backend each live runner group's load; fail the proof when a group has waited
-    /// for capacity past the limit.
-    async fn observe_runners(&mut self, live: &[proofjobs_pipeline::state::RunnerRow]) -> Result<()> {
-        let mut proofs: Vec<&str> = live.iter().map(|r| r.proof_id.as_str()).collect();
-        proofs.sort();
-        proofs.dedup();
-        for proof_id in proofs {
-            self.observe_proof_runners(proof_id, live).await?;
-        }
-        Ok(())
-    }
-
-    async fn observe_proof_runners(&mut self, proof_id: &str, live: &[proofjobs_pipeline::state::RunnerRow]) -> Result<()> {
-        let mine: Vec<_> = live.iter().filter(|r| r.proof_id == proof_id).collect();
-        let progress = self.db.stage_progress(proof_id).await?;
-        for runner in mine {
+    /// Tell the backend each live runner group's load (progress shown to operators, parallelism);
+    /// collect how long groups have waited for capacity. A failure here is one runner's, not the pass's.
+    async fn observe(&self, live: &[RunnerRow]) -> Result<HashMap<String, Duration>> {
+        let mut ids: Vec<String> = live.iter().map(|r| r.proof_id.clone()).collect();
+        ids.dedup();
+        let progress = self.db.stage_progress_of(&ids).await?;
+        let mut waiting = HashMap::new();
+        for runner in live {
             let mut load = GroupLoad::default();
             for stage in &runner.stages {
-                if let Some(p) = progress.get(stage) {
+                if let Some(p) = progress.get(&runner.proof_id).and_then(|m| m.get(stage)) {
                     load.done += p.done;
                     load.total += p.total;
                     load.open += p.pending + p.running;
@@ -169,59 +130,62 @@ impl<B: Backend> Dispatcher<B> {
                 load.concurrency = load.concurrency.max(stage.runner_concurrency());
             }
             match self.backend.observe(runner, &load).await {
-                Ok(Some(waited)) if waited > self.capacity_wait_limit => {
-                    let cause = format!(
-                        "waiting for capacity: no node could run stage {} for {} s (limit {} s); check the node group's scaling and the stage profile",
-                        stage_list(&runner.stages),
-                        waited.as_secs(),
-                        self.capacity_wait_limit.as_secs()
-                    );
-                    if self.db.finish_proof(proof_id, ProofStatus::Failed, Some(&cause), None, None).await? {
-                        tracing::warn!(proof = %proof_id, "{cause}");
-                    }
+                Ok(Some(waited)) => {
+                    tracing::debug!(runner = %runner.id, secs = waited.as_secs(), "waiting for capacity");
+                    waiting.insert(runner.id.clone(), waited);
                 }
-                Ok(Some(waited)) => tracing::debug!(runner = %runner.id, secs = waited.as_secs(), "waiting for capacity"),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(runner = %runner.id, "observing runner: {e:#}"),
             }
         }
-        Ok(())
+        Ok(waiting)
     }
 
-    /// A runner ended: record it, give its tasks back, and decide what its exit means for the proof.
-    async fn account_for(&mut self, runner_id: &str, observed: Option<i32>, live: &[proofjobs_pipeline::state::RunnerRow]) -> Result<()> {
-        let Some(runner) = live.iter().find(|r| r.id == runner_id) else { return Ok(()) };
-        let recorded_error = self.db.runner_error(runner_id).await?;
-        self.db.runner_exited(runner_id, observed, None).await?;
-        let Some(proof) = self.db.get_proof(&runner.proof_id).await? else { return Ok(()) };
-        if proof.status.is_terminal() {
-            return Ok(());
-        }
-        let key = (proof.id.clone(), runner.stages.clone());
-        match classify(observed) {
-            ExitClass::Done => {}
-            ExitClass::FailProof => {
-                let cause = recorded_error.unwrap_or_else(|| {
-                    format!("runner {runner_id} exited with code {} (bad input or configuration)", observed.unwrap_or(-1))
-                });
-                self.db.finish_proof(&proof.id, ProofStatus::Failed, Some(&cause), None, None).await?;
+    async fn execute(&self, action: &Action) -> Result<()> {
+        let backend_name = self.backend.name();
+        match action {
+            Action::CloseRunner { runner_id, exit_code, error, .. } => {
+                self.db.runner_reaped(runner_id, *exit_code, error.as_deref()).await?;
             }
-            ExitClass::RetryNotCounted => {
-                self.not_before.insert(key, Instant::now() + Duration::from_secs(1));
+            Action::StopRunner { runner, .. } => {
+                tracing::info!(runner = %runner.id, proof = %runner.proof_id, "stopping runner");
+                self.backend.stop(runner).await?;
             }
-            ExitClass::RetryCounted => {
-                let failures = self.db.record_runner_failure(&proof.id).await?;
-                tracing::warn!(proof = %proof.id, runner = runner_id, code = ?observed, failures, "runner failed");
-                if failures >= MAX_RUNNER_FAILURES {
-                    let cause = format!(
-                        "runners failed {failures} times; the last ({runner_id}, stages {}) exited with {}",
-                        stage_list(&runner.stages),
-                        observed.map(|c| format!("code {c}")).unwrap_or_else(|| "a signal".into())
-                    );
-                    self.db.finish_proof(&proof.id, ProofStatus::Failed, Some(&cause), None, None).await?;
-                } else {
-                    let backoff = Duration::from_secs(1 << failures.clamp(0, 5));
-                    self.not_before.insert(key, Instant::now() + backoff);
+            Action::FailProof { proof_id, cause } => {
+                if self.db.finish_proof(proof_id, ProofStatus::Failed, Some(cause), None, None).await? {
+                    tracing::warn!(proof = %proof_id, "proof failed: {cause}");
+                }
+            }
+            Action::HoldBack { proof_id, stages, counted, until } => {
+                let state = self.db.record_group_retry(proof_id, stages, *counted, *until).await?;
+                tracing::warn!(
+                    proof = %proof_id,
+                    stages = %stage_list(stages),
+                    failures = state.failures,
+                    hand_backs = state.retries,
+                    until = %until.to_rfc3339(),
+                    "runner group ended without finishing; next runner held back"
+                );
+            }
+            Action::MarkRunning { proof_id } => self.db.mark_proof_running(proof_id).await?,
+            Action::Tell { runner, note, .. } => self.backend.tell(runner, note).await,
+            Action::Launch { proof_id, stages, attempt, deadline_secs } => {
+                let spec = RunnerSpec {
+                    runner_id: self.backend.runner_id(proof_id, stages, *attempt),
+                    proof_id: proof_id.clone(),
+                    stages: stages.clone(),
+                    deadline_secs: *deadline_secs,
+                };
+                // The row goes first: a crash between the two leaves a runner row the backend
+                // reports gone on the next pass, never an untracked runner.
+                self.db.register_runner(&spec.runner_id, &spec.proof_id, &spec.stages, backend_name, "").await?;
+                match self.backend.launch(&spec).await {
+                    Ok(handle) => self.db.set_runner_handle(&spec.runner_id, &handle).await?,
+                    Err(e) => {
+                        tracing::error!(proof = %proof_id, stages = %stage_list(stages), "launching runner: {e:#}");
+                        self.db.runner_reaped(&spec.runner_id, None, Some(&format!("launch failed: {e:#}"))).await?;
+                        self.db.hold_group(proof_id, stages, Utc::now() + LAUNCH_RETRY).await?;
+                    }
                 }
             }
         }

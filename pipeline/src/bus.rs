@@ -71,7 +71,9 @@ impl WorkerClient for PgBus {
     }
 
     async fn complete_task(&self, _proof_id: ProofId, task_id: TaskId, _metadata: TaskMetadata) -> anyhow::Result<()> {
-        self.inner.db.complete_task(&task_id.to_string()).await
+        // SP1 reports here what it finished itself (bookkeeping tasks, work done inside the
+        // controller); tasks runners claim are finished under their claim instead.
+        self.inner.db.complete_unclaimed_task(&task_id.to_string()).await
     }
 
     async fn complete_proof(

@@ -9,3 +9,4 @@ pub mod state;
 pub mod bus;
 pub mod artifacts;
 pub mod memory;
+pub mod runner_env;

@@ -252,7 +252,7 @@ async fn sdk(n: u64, mode: &str) -> Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let total_s = started.elapsed().as_secs_f64();
     client.verify(&proof, pk.verifying_key(), None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let out = PathBuf::from(std::env::temp_dir()).join(format!("proofjobs-bench-sdk-{mode}.proof"));
+    let out = std::env::temp_dir().join(format!("proofjobs-bench-sdk-{mode}.proof"));
     proof.save(&out)?;
     println!(
         "{}",

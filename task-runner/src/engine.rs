@@ -16,10 +16,7 @@ use sp1_prover::worker::{RawTaskRequest, TaskError, WorkerClient};
 use sp1_prover_types::ArtifactClient;
 
 use crate::provers::CachedWorker;
-use proofjobs_pipeline::stage::Stage;
-
-/// The variable (and `--prover` flag) that names the kind for every runner of a proof.
-pub const PROVER_VAR: &str = "PROOFJOBS_PROVER";
+use proofjobs_pipeline::{runner_env, stage::Stage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProverKind {
@@ -61,7 +58,7 @@ impl FromStr for ProverKind {
         match s.trim() {
             "cpu" => Ok(ProverKind::Cpu),
             "cuda" => Ok(ProverKind::Cuda),
-            other => Err(format!("{PROVER_VAR} / --prover takes cpu or cuda, not {other:?}")),
+            other => Err(format!("{} / --prover takes cpu or cuda, not {other:?}", runner_env::PROVER)),
         }
     }
 }
@@ -70,12 +67,15 @@ impl FromStr for ProverKind {
 /// on such a card, for controllers that run where there is no GPU to ask. A GPU runner compares
 /// this with SP1's own answer on its card at start and warns when they differ.
 pub fn gpu_core_opts() -> SP1CoreOpts {
-    let mut opts = SP1CoreOpts::default();
-    opts.shard_size = 1 << 24;
+    let defaults = SP1CoreOpts::default();
+    let mut opts = SP1CoreOpts {
+        shard_size: 1 << 24,
+        global_dependencies_opt: true,
+        recompute_gkr_trace: false,
+        drop_ldes: false,
+        ..defaults
+    };
     opts.sharding_threshold.element_threshold = sp1_core_executor::ELEMENT_THRESHOLD;
-    opts.global_dependencies_opt = true;
-    opts.recompute_gkr_trace = false;
-    opts.drop_ldes = false;
     opts
 }
 
@@ -173,7 +173,7 @@ mod tests {
     fn kinds_parse_and_name_the_variable_when_wrong() {
         assert_eq!("cuda".parse::<ProverKind>(), Ok(ProverKind::Cuda));
         assert_eq!(" cpu ".parse::<ProverKind>(), Ok(ProverKind::Cpu));
-        assert!("gpu".parse::<ProverKind>().unwrap_err().contains(PROVER_VAR));
+        assert!("gpu".parse::<ProverKind>().unwrap_err().contains(runner_env::PROVER));
     }
 
     #[test]

@@ -51,26 +51,18 @@ pub struct GpuNeeds {
     pub min_free_bytes: u64,
 }
 
-/// The variable a stage profile sets to raise or lower the free-memory floor for its runners.
-pub const MIN_FREE_GIB_VAR: &str = "PROOFJOBS_GPU_MIN_FREE_GIB";
-
 impl GpuNeeds {
     /// SP1's GPU prover supports compute capability 8.6 and up, and refuses cards under ~20 GiB
-    /// (it wants 24 GB-class GPUs); the free-memory floor is a stage-profile setting.
+    /// (it wants 24 GB-class GPUs); the free-memory floor is a stage-profile setting
+    /// (`PROOFJOBS_GPU_MIN_FREE_GIB` of the runner's environment contract).
     pub const DEFAULT: GpuNeeds = GpuNeeds { min_compute: (8, 6), min_free_bytes: 20 << 30 };
 
-    pub fn from_env() -> Result<GpuNeeds, String> {
+    pub fn with_min_free_gib(min_free_gib: Option<f64>) -> GpuNeeds {
         let mut needs = GpuNeeds::DEFAULT;
-        if let Ok(value) = std::env::var(MIN_FREE_GIB_VAR) {
-            let gib: f64 = value
-                .trim()
-                .parse()
-                .ok()
-                .filter(|g: &f64| g.is_finite() && *g >= 0.0)
-                .ok_or_else(|| format!("{MIN_FREE_GIB_VAR}={value:?} is not a number of GiB"))?;
+        if let Some(gib) = min_free_gib {
             needs.min_free_bytes = (gib * GIB) as u64;
         }
-        Ok(needs)
+        needs
     }
 }
 
@@ -284,13 +276,8 @@ mod tests {
 
     #[test]
     fn the_free_memory_floor_comes_from_the_stage_profile() {
-        std::env::set_var(MIN_FREE_GIB_VAR, "40");
-        let needs = GpuNeeds::from_env().unwrap();
-        std::env::set_var(MIN_FREE_GIB_VAR, "lots");
-        let bad = GpuNeeds::from_env().unwrap_err();
-        std::env::remove_var(MIN_FREE_GIB_VAR);
-        assert_eq!(needs.min_free_bytes, 40 << 30);
-        assert!(bad.contains(MIN_FREE_GIB_VAR), "{bad}");
+        assert_eq!(GpuNeeds::with_min_free_gib(Some(40.0)).min_free_bytes, 40 << 30);
+        assert_eq!(GpuNeeds::with_min_free_gib(None), GpuNeeds::DEFAULT);
     }
 
     #[test]

@@ -12,43 +12,70 @@ mod tasks;
 use std::time::Duration;
 
 use clap::Parser;
-use proofjobs_pipeline::{exit, stage::parse_stage_list};
+use proofjobs_pipeline::{
+    exit,
+    runner_env::{self, RunnerEnv},
+};
+use proofjobs_task_runner::engine::ProverKind;
 
+/// Every setting is also, and usually, an environment variable of the runner contract
+/// (`proofjobs_pipeline::runner_env`); a flag given here wins over its variable.
 #[derive(Parser, Debug)]
 #[command(name = "task-runner", about = "Run the tasks of one proof's stage(s), then exit")]
-pub struct Args {
-    /// The proof whose tasks this runner works on.
-    #[arg(long, env = "PROOFJOBS_PROOF_ID")]
-    pub proof: String,
-    /// Comma-separated stages to serve: execute, setup, prove-core, compress, shrink, wrap.
-    #[arg(long, env = "PROOFJOBS_STAGES")]
-    pub stages: String,
-    /// This runner's id (the dispatcher names it; generated when absent).
-    #[arg(long, env = "PROOFJOBS_RUNNER_ID")]
-    pub runner_id: Option<String>,
-    /// The backend name this runner's row is recorded under (`kubernetes-pod` inside a Job).
-    #[arg(long, env = "PROOFJOBS_RUNNER_BACKEND", default_value = "local")]
-    pub runner_backend: String,
-    /// What identifies this runner's process to its backend (the Job name in a pod; default: pid).
-    #[arg(long, env = "PROOFJOBS_RUNNER_HANDLE")]
-    pub runner_handle: Option<String>,
-    /// PostgreSQL URL of the proofjobs state.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: String,
-    /// Artifact store: redis://… or file:///path.
-    #[arg(long, env = "PROOFJOBS_ARTIFACT_STORE")]
-    pub artifact_store: String,
-    /// Directory of the recursion-key cache (`off` disables it; default: ~/.cache/proofjobs/sp1-keys).
-    #[arg(long, env = "PROOFJOBS_KEY_CACHE")]
-    pub key_cache: Option<String>,
-    /// Which SP1 prover proves: `cpu`, or `cuda` (SP1's GPU prover; needs the `cuda` build). Every
-    /// runner of a proof must be told the same, since the controller shards for it. Default: what
-    /// this binary was built for.
-    #[arg(long, env = "PROOFJOBS_PROVER")]
-    pub prover: Option<proofjobs_task_runner::engine::ProverKind>,
-    /// Exit after this long with nothing to do for the runner's stages.
-    #[arg(long, env = "PROOFJOBS_IDLE_EXIT_SECS", default_value_t = 5)]
-    pub idle_exit_secs: u64,
+struct Args {
+    /// The proof whose tasks this runner works on [PROOFJOBS_PROOF_ID].
+    #[arg(long)]
+    proof: Option<String>,
+    /// Comma-separated stages to serve: execute, setup, prove-core, compress, shrink, wrap [PROOFJOBS_STAGES].
+    #[arg(long)]
+    stages: Option<String>,
+    /// This runner's id (the dispatcher names it; generated when absent) [PROOFJOBS_RUNNER_ID].
+    #[arg(long)]
+    runner_id: Option<String>,
+    /// The backend name this runner's row is recorded under (default `local`) [PROOFJOBS_RUNNER_BACKEND].
+    #[arg(long)]
+    runner_backend: Option<String>,
+    /// What identifies this runner's process to its backend (default: pid) [PROOFJOBS_RUNNER_HANDLE].
+    #[arg(long)]
+    runner_handle: Option<String>,
+    /// PostgreSQL URL of the proofjobs state [DATABASE_URL].
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Artifact store: redis://… or file:///path [PROOFJOBS_ARTIFACT_STORE].
+    #[arg(long)]
+    artifact_store: Option<String>,
+    /// Recursion-key cache directory (`off` disables it; default ~/.cache/proofjobs/sp1-keys) [PROOFJOBS_KEY_CACHE].
+    #[arg(long)]
+    key_cache: Option<String>,
+    /// Which SP1 prover proves: `cpu`, or `cuda` (needs the `cuda` build). Every runner of a proof
+    /// must be told the same. Default: what this binary was built for [PROOFJOBS_PROVER].
+    #[arg(long)]
+    prover: Option<String>,
+    /// Exit after this many seconds with nothing to do (default 5) [PROOFJOBS_IDLE_EXIT_SECS].
+    #[arg(long)]
+    idle_exit_secs: Option<u64>,
+}
+
+impl Args {
+    /// The runner's contract: flags first, then the environment.
+    fn contract(&self) -> Result<RunnerEnv, runner_env::EnvError> {
+        RunnerEnv::from_vars(|var| {
+            let flag = match var {
+                runner_env::PROOF_ID => self.proof.clone(),
+                runner_env::STAGES => self.stages.clone(),
+                runner_env::RUNNER_ID => self.runner_id.clone(),
+                runner_env::RUNNER_BACKEND => self.runner_backend.clone(),
+                runner_env::RUNNER_HANDLE => self.runner_handle.clone(),
+                runner_env::DATABASE_URL => self.database_url.clone(),
+                runner_env::ARTIFACT_STORE => self.artifact_store.clone(),
+                runner_env::KEY_CACHE => self.key_cache.clone(),
+                runner_env::PROVER => self.prover.clone(),
+                runner_env::IDLE_EXIT_SECS => self.idle_exit_secs.map(|s| s.to_string()),
+                _ => None,
+            };
+            flag.or_else(|| std::env::var(var).ok())
+        })
+    }
 }
 
 fn main() {
@@ -71,15 +98,22 @@ fn main() {
             std::process::exit(if e.use_stderr() { exit::USAGE } else { exit::DONE });
         }
     };
-    let stages = match parse_stage_list(&args.stages) {
-        Ok(stages) => stages,
+    let contract = match args.contract() {
+        Ok(contract) => contract,
+        Err(e) => {
+            eprintln!("task-runner: {e}");
+            std::process::exit(exit::USAGE);
+        }
+    };
+    let prover = match contract.prover.as_deref().map(str::parse::<ProverKind>).transpose() {
+        Ok(prover) => prover.unwrap_or(ProverKind::BUILT),
         Err(e) => {
             eprintln!("task-runner: {e}");
             std::process::exit(exit::USAGE);
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let code = runtime.block_on(runner::run(args, stages));
+    let code = runtime.block_on(runner::run(contract, prover));
     // Don't wait for blocking prover threads still unwinding: the exit code is the result.
     runtime.shutdown_timeout(Duration::from_millis(100));
     std::process::exit(code);

@@ -11,6 +11,7 @@ use proofjobs_pipeline::{
     artifacts::{ArtifactStore, StoreConfig},
     bus::PgBus,
     exit, ids,
+    runner_env::RunnerEnv,
     stage::{stage_list, Mode, Stage},
     state::{wait_for, Db, Notifications},
 };
@@ -21,9 +22,15 @@ use proofjobs_task_runner::{
 };
 use tokio::{signal::unix::SignalKind, sync::Semaphore, task::JoinSet};
 
-use crate::{tasks::{Outcome, TaskContext}, Args};
+use crate::tasks::{Outcome, TaskContext};
 
-pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
+/// How often a runner tells the dispatcher it is alive.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// A runner with nothing to do exits after this long unless told otherwise.
+const DEFAULT_IDLE_EXIT: Duration = Duration::from_secs(5);
+
+pub async fn run(args: RunnerEnv, kind: ProverKind) -> i32 {
+    let stages = args.stages.clone();
     let runner_id = args.runner_id.clone().unwrap_or_else(ids::new_runner_id);
     let db = match Db::connect(&args.database_url, 8).await {
         Ok(db) => db,
@@ -46,13 +53,12 @@ pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
             return exit::TRANSIENT;
         }
     };
-    let handle = args.runner_handle.clone().unwrap_or_else(|| std::process::id().to_string());
-    if let Err(e) = db.register_runner(&runner_id, &args.proof, &stages, &args.runner_backend, &handle).await {
+    let handle = args.handle.clone().unwrap_or_else(|| std::process::id().to_string());
+    if let Err(e) = db.register_runner(&runner_id, &args.proof_id, &stages, &args.backend, &handle).await {
         tracing::error!("registering runner: {e:#}");
         return exit::TRANSIENT;
     }
-    let kind = args.prover.unwrap_or(ProverKind::BUILT);
-    tracing::info!(runner = %runner_id, proof = %args.proof, stages = %stage_list(&stages), prover = kind.as_str(), "runner started");
+    tracing::info!(runner = %runner_id, proof = %args.proof_id, stages = %stage_list(&stages), prover = kind.as_str(), "runner started");
 
     let heartbeat = tokio::spawn({
         let db = db.clone();
@@ -62,13 +68,13 @@ pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
                 if let Err(e) = db.runner_heartbeat(&id).await {
                     tracing::warn!("heartbeat: {e:#}");
                 }
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
             }
         }
     });
 
     let on_gpu = kind.proves_on_gpu(&stages);
-    let code = match if on_gpu { check_gpu(&db, &runner_id).await } else { Ok(()) } {
+    let code = match if on_gpu { check_gpu(&db, &runner_id, args.gpu_min_free_gib).await } else { Ok(()) } {
         Err(code) => code,
         Ok(()) => {
             let serve = Serve { args: &args, stages: &stages, runner_id: &runner_id, db: &db, store, notifications: &notifications, kind };
@@ -80,13 +86,15 @@ pub async fn run(args: Args, stages: Vec<Stage>) -> i32 {
     if let Err(e) = db.runner_exited(&runner_id, Some(code), error.as_deref()).await {
         tracing::warn!("recording exit: {e:#}");
     }
+    notifications.shutdown().await;
+    db.close().await;
     let peak_rss_mb = proofjobs_pipeline::memory::peak_rss_kb() / 1024;
     tracing::info!(runner = %runner_id, code, peak_rss_mb, "runner exiting");
     code
 }
 
 /// Checks this node's GPU before any task is claimed; `Err` is the exit code, the reason recorded.
-async fn check_gpu(db: &Db, runner_id: &str) -> Result<(), i32> {
+async fn check_gpu(db: &Db, runner_id: &str, min_free_gib: Option<f64>) -> Result<(), i32> {
     let refuse = |code: i32, reason: String| async move {
         tracing::error!("{reason}");
         let _ = db.set_runner_error(runner_id, &reason).await;
@@ -98,10 +106,7 @@ async fn check_gpu(db: &Db, runner_id: &str) -> Result<(), i32> {
             .to_string();
         return refuse(exit::USAGE, reason).await;
     }
-    let needs = match GpuNeeds::from_env() {
-        Ok(needs) => needs,
-        Err(reason) => return refuse(exit::USAGE, reason).await,
-    };
+    let needs = GpuNeeds::with_min_free_gib(min_free_gib);
     let probed = tokio::task::spawn_blocking(gpu::probe).await.unwrap_or_else(|e| Err(format!("probing the GPU panicked: {e}")));
     match gpu::choose(&probed, &needs) {
         Ok(found) => {
@@ -117,7 +122,7 @@ async fn check_gpu(db: &Db, runner_id: &str) -> Result<(), i32> {
 
 /// What the claim loop needs, so that it can run inside a CUDA task or without one.
 struct Serve<'a> {
-    args: &'a Args,
+    args: &'a RunnerEnv,
     stages: &'a [Stage],
     runner_id: &'a str,
     db: &'a Db,
@@ -177,7 +182,7 @@ impl Serve<'_> {
         // SP1's CUDA worker takes ~20 s to build (pinned buffers, recursion programs on the device).
         // A GPU runner of a proof that proves starts it at once, while its controller, setup and
         // execution get going, instead of when the first shard arrives.
-        let proves = on_gpu && db.get_proof(&args.proof).await.ok().flatten().is_some_and(|p| p.mode != Mode::Execute);
+        let proves = on_gpu && db.get_proof(&args.proof_id).await.ok().flatten().is_some_and(|p| p.mode != Mode::Execute);
         let prefetch = async {
             if proves {
                 if let Err(e) = ctx.prefetch_worker().await {
@@ -201,7 +206,7 @@ impl Serve<'_> {
 }
 
 async fn claim_loop(
-    args: &Args,
+    args: &RunnerEnv,
     stages: &[Stage],
     runner_id: &str,
     db: &Db,
@@ -213,7 +218,7 @@ async fn claim_loop(
     let mut running: JoinSet<Outcome> = JoinSet::new();
     let mut wake = notifications.subscribe();
     let mut idle_since: Option<Instant> = None;
-    let idle_exit = Duration::from_secs(args.idle_exit_secs);
+    let idle_exit = args.idle_exit_secs.map(Duration::from_secs).unwrap_or(DEFAULT_IDLE_EXIT);
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).expect("SIGINT handler");
 
@@ -228,16 +233,16 @@ async fn claim_loop(
         }
 
         let step: Result<bool> = async {
-            let proof = db.get_proof(&args.proof).await?;
+            let proof = db.get_proof(&args.proof_id).await?;
             let Some(proof) = proof else {
-                anyhow::bail!("proof {} does not exist", args.proof);
+                anyhow::bail!("proof {} does not exist", args.proof_id);
             };
             if proof.status.is_terminal() {
                 return Ok(true);
             }
             let mut claimed_any = false;
             while let Ok(permit) = slots.clone().try_acquire_owned() {
-                match db.claim_task(&args.proof, stages, runner_id).await? {
+                match db.claim_task(&args.proof_id, stages, runner_id).await? {
                     Some(task) => {
                         claimed_any = true;
                         idle_since = None;
@@ -251,7 +256,7 @@ async fn claim_loop(
                     None => break,
                 }
             }
-            if !claimed_any && running.is_empty() && !db.has_open_tasks(&args.proof, stages).await? {
+            if !claimed_any && running.is_empty() && !db.has_open_tasks(&args.proof_id, stages).await? {
                 let since = *idle_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= idle_exit {
                     return Ok(true);
@@ -284,7 +289,7 @@ async fn claim_loop(
         }
 
         tokio::select! {
-            _ = wait_for(&mut wake, Some(&args.proof), Duration::from_millis(500)) => {}
+            _ = wait_for(&mut wake, Some(&args.proof_id), Duration::from_millis(500)) => {}
             Some(done) = running.join_next(), if !running.is_empty() => {
                 if let Ok(Outcome::BadInput) = done { return exit::BAD_INPUT; }
             }

@@ -66,15 +66,27 @@ impl TaskContext {
         match result {
             Ok(()) => {
                 tracing::info!(task = %task.id, kind = kind.as_str_name(), secs, "task succeeded");
-                if let Err(e) = self.db.complete_task(&task.id).await {
-                    tracing::error!("recording success of {}: {e:#}", task.id);
+                // The controller and the execute-only task record their own success, before the proof's.
+                if !records_own_success(kind) {
+                    match self.db.complete_task(&task.id, &task.claim()).await {
+                        Ok(true) => {}
+                        Ok(false) => claim_lost(&task),
+                        Err(e) => tracing::error!("recording success of {}: {e:#}", task.id),
+                    }
                 }
+                Outcome::Done
+            }
+            Err(Failure::ClaimLost) => {
+                claim_lost(&task);
                 Outcome::Done
             }
             Err(Failure::BadInput(reason)) => {
                 tracing::error!(task = %task.id, "bad input: {reason}");
                 self.found_bad_input.store(true, Ordering::SeqCst);
-                let _ = self.db.fail_task(&task.id, &reason, false).await;
+                if let Ok(None) = self.db.fail_task(&task.id, &task.claim(), &reason, false).await {
+                    claim_lost(&task);
+                    return Outcome::Done;
+                }
                 let _ = self.db.finish_proof(&task.proof_id, ProofStatus::Failed, Some(&reason), None, None).await;
                 let _ = self.db.set_runner_error(&self.runner_id, &reason).await;
                 Outcome::BadInput
@@ -86,7 +98,17 @@ impl TaskContext {
                     TaskError::Execution(e) => (false, format!("program execution failed: {e}")),
                 };
                 tracing::error!(task = %task.id, kind = kind.as_str_name(), retryable, secs, "task failed: {message}");
-                let state = self.db.fail_task(&task.id, &message, retryable).await.unwrap_or(TaskState::Failed);
+                let state = match self.db.fail_task(&task.id, &task.claim(), &message, retryable).await {
+                    Ok(Some(state)) => state,
+                    Ok(None) => {
+                        claim_lost(&task);
+                        return Outcome::Done;
+                    }
+                    Err(e) => {
+                        tracing::error!("recording failure of {}: {e:#}", task.id);
+                        TaskState::Failed
+                    }
+                };
                 // The controller and executor carry the whole proof: when they fail for good, so does the proof.
                 let proof_level = matches!(kind, TaskType::Controller | TaskType::ExecuteOnly | TaskType::CoreExecute);
                 if state == TaskState::Failed && (proof_level || matches!(err, TaskError::Execution(_))) {
@@ -95,6 +117,14 @@ impl TaskContext {
                 }
                 Outcome::Done
             }
+        }
+    }
+
+    /// Marks the task succeeded under our claim; a lost claim ends the task without a result.
+    async fn record_success(&self, task: &ClaimedTask) -> Result<(), Failure> {
+        match self.db.complete_task(&task.id, &task.claim()).await.map_err(retryable)? {
+            true => Ok(()),
+            false => Err(Failure::ClaimLost),
         }
     }
 
@@ -116,7 +146,7 @@ impl TaskContext {
                 }
                 let output = self.provers.controller().await.run(raw).await?;
                 // The task is done before the proof is: finishing the proof cancels open tasks.
-                self.db.complete_task(&task.id).await.map_err(retryable)?;
+                self.record_success(task).await?;
                 let finished = self
                     .db
                     .finish_proof(
@@ -206,8 +236,7 @@ impl TaskContext {
     async fn execute_only(&self, task: &ClaimedTask) -> Result<(), Failure> {
         let (program, stdin) = self.check_program_inputs(&task.inputs).await?;
         let cycle_limit = task.inputs.get(2).and_then(|s| s.parse::<u64>().ok());
-        let mut context = SP1Context::default();
-        context.max_cycles = cycle_limit;
+        let context = SP1Context { max_cycles: cycle_limit, ..SP1Context::default() };
         let (public_values, _digest, report) =
             execute_with_options(program, stdin, context, SP1CoreOpts::default(), SP1ExecutorConfig::default())
                 .await
@@ -223,7 +252,7 @@ impl TaskContext {
         if let Some(out) = task.outputs.first() {
             self.store.upload(&Artifact(out.clone()), (cycles as u64, pv.clone())).await.map_err(retryable)?;
         }
-        self.db.complete_task(&task.id).await.map_err(retryable)?;
+        self.record_success(task).await?;
         self.db
             .finish_proof(&task.proof_id, ProofStatus::Completed, None, Some(cycles), Some(&pv))
             .await
@@ -232,9 +261,24 @@ impl TaskContext {
     }
 }
 
+/// Task types whose success is recorded inside the task, because the proof's result follows it.
+fn records_own_success(kind: TaskType) -> bool {
+    matches!(kind, TaskType::Controller | TaskType::ExecuteOnly)
+}
+
+fn claim_lost(task: &ClaimedTask) {
+    tracing::warn!(
+        task = %task.id,
+        attempt = task.attempts,
+        "the task was handed to another runner while this one worked on it (this runner was declared gone); its result is dropped"
+    );
+}
+
 pub enum Failure {
     BadInput(String),
     Task(TaskError),
+    /// Our claim on the task was revoked (this runner was declared gone) and the task handed on.
+    ClaimLost,
 }
 
 impl From<TaskError> for Failure {

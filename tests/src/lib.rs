@@ -245,10 +245,7 @@ impl Cluster {
     /// Pids of runner processes still alive for this cluster.
     pub async fn live_runner_pids(&self) -> Vec<i32> {
         let db = self.db.db().await;
-        let handles: Vec<String> = sqlx::query_scalar("SELECT handle FROM runners")
-            .fetch_all(db.pool())
-            .await
-            .unwrap();
+        let handles = db.runner_handles().await.unwrap();
         handles.iter().filter_map(|h| h.parse::<i32>().ok()).filter(|pid| pid_alive(*pid)).collect()
     }
 

@@ -14,15 +14,19 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
-use proofjobs_pipeline::{exit, stage::labels};
+use proofjobs_pipeline::{
+    exit,
+    runner_env::{self, RunnerEnv},
+    stage::labels,
+};
 
 use super::profiles::StageProfile;
 use crate::backend::RunnerSpec;
 
+pub use proofjobs_pipeline::runner_env::POD_BACKEND;
+
 /// The runner container's name; podFailurePolicy rules refer to it.
 pub const CONTAINER: &str = "task-runner";
-/// The backend name task-runner pods register their own runner rows under.
-pub const POD_BACKEND: &str = "kubernetes-pod";
 /// The GPU resource and the taint GPU nodes carry.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
@@ -139,17 +143,28 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
     let pod_labels = group_labels(spec);
     let annotations = BTreeMap::from([(PROOF_ID_ANNOTATION.to_string(), spec.proof_id.clone())]);
 
-    let mut env = vec![
-        env("PROOFJOBS_PROOF_ID", &spec.proof_id),
-        env("PROOFJOBS_STAGES", proofjobs_pipeline::stage::stage_list(&spec.stages)),
-        // Each pod is its own runner (its own claims and heartbeat), grouped under the Job.
-        field_env("PROOFJOBS_RUNNER_ID", "metadata.name"),
-        env("PROOFJOBS_RUNNER_BACKEND", POD_BACKEND),
-        env("PROOFJOBS_RUNNER_HANDLE", &name),
-        secret_env("DATABASE_URL", &settings.runner_secret, "database-url"),
-        secret_env("PROOFJOBS_ARTIFACT_STORE", &settings.runner_secret, "artifact-store"),
-        env("TMPDIR", "/scratch"),
-    ];
+    // The runner contract. Each pod is its own runner (its own claims and heartbeat), grouped
+    // under the Job; the state and store URLs come from the runner Secret.
+    let contract = RunnerEnv {
+        proof_id: spec.proof_id.clone(),
+        stages: spec.stages.clone(),
+        runner_id: None,
+        backend: POD_BACKEND.into(),
+        handle: Some(name.clone()),
+        database_url: String::new(),
+        artifact_store: String::new(),
+        key_cache: settings.key_cache_host_path.as_ref().map(|_| KEY_CACHE_MOUNT.to_string()),
+        prover: None,
+        gpu_min_free_gib: profile.gpu_min_free_gib.filter(|_| profile.gpus > 0),
+        idle_exit_secs: None,
+    };
+    let mut env: Vec<EnvVar> = contract.to_vars().into_iter().map(|(k, v)| self::env(k, v)).collect();
+    env.extend([
+        field_env(runner_env::RUNNER_ID, "metadata.name"),
+        secret_env(runner_env::DATABASE_URL, &settings.runner_secret, "database-url"),
+        secret_env(runner_env::ARTIFACT_STORE, &settings.runner_secret, "artifact-store"),
+        self::env("TMPDIR", "/scratch"),
+    ]);
     env.extend(settings.extra_env.iter().map(|(k, v)| self::env(k, v)));
     let mut mounts = vec![
         VolumeMount { name: "scratch".into(), mount_path: "/scratch".into(), ..Default::default() },
@@ -170,7 +185,6 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         },
     ];
     if let Some(host_path) = &settings.key_cache_host_path {
-        env.push(self::env("PROOFJOBS_KEY_CACHE", KEY_CACHE_MOUNT));
         mounts.push(VolumeMount { name: "sp1-keys".into(), mount_path: KEY_CACHE_MOUNT.into(), ..Default::default() });
         volumes.push(Volume {
             name: "sp1-keys".into(),
@@ -197,9 +211,6 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         });
     }
 
-    if let (true, Some(gib)) = (profile.gpus > 0, profile.gpu_min_free_gib) {
-        env.push(self::env("PROOFJOBS_GPU_MIN_FREE_GIB", gib.to_string()));
-    }
 
     let container = Container {
         name: CONTAINER.into(),

@@ -18,7 +18,7 @@ use ::redis::{
     Client, ErrorKind, RedisError,
 };
 use anyhow::Result;
-use backoff::backoff::Backoff;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use sp1_prover_types::{ArtifactClient, ArtifactId, ArtifactType};
 use tokio::sync::OnceCell;
 
@@ -258,14 +258,13 @@ impl RedisStore {
         let Some(mut reading) = self.memory_reading(false).await? else {
             return Ok(());
         };
-        let mut backoff = backoff::ExponentialBackoff {
-            initial_interval: Duration::from_millis(100),
-            current_interval: Duration::from_millis(100),
-            max_interval: Duration::from_secs(2),
-            max_elapsed_time: Some(cfg.backoff_max),
-            ..Default::default()
-        };
-        backoff.reset();
+        let mut backoff = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .with_total_delay(Some(cfg.backoff_max))
+            .without_max_times()
+            .build();
         let started = Instant::now();
         let mut last_try = false;
         loop {
@@ -290,7 +289,7 @@ impl RedisStore {
                 ))
                 .into());
             }
-            let wait = match backoff.next_backoff() {
+            let wait = match backoff.next() {
                 Some(d) => d,
                 None => {
                     last_try = true;

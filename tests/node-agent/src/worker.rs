@@ -5,6 +5,7 @@
 //! through a `watch` channel (`None` once the object is gone). The worker is the only writer of
 //! that pod's status, which keeps the "never move a terminal pod back" rule local.
 
+use backon::{ExponentialBuilder, Retryable};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::status::{self, Termination};
 
 pub type PodRx = watch::Receiver<Option<Arc<Pod>>>;
 
-const STATUS_ATTEMPTS: u32 = 6;
+const STATUS_ATTEMPTS: usize = 6;
 const SHUTDOWN_STATUS_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Worker {
@@ -316,31 +317,26 @@ impl Worker {
     async fn patch_status(&self, pod: &Pod, st: &PodStatus) -> bool {
         let api = self.api();
         let body = status::patch_body(pod, st);
-        for attempt in 0..STATUS_ATTEMPTS {
-            match api
-                .patch_status(
-                    &self.name,
-                    &PatchParams::default(),
-                    &Patch::Strategic(&body),
-                )
-                .await
-            {
-                Ok(_) => return true,
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
-                    tracing::debug!(pod = %self.name, code = s.code, "pod gone or replaced; status not written");
-                    return false;
-                }
-                Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
-                    tracing::error!(pod = %self.name, message = %s.message, "apiserver rejected the pod status");
-                    return false;
-                }
-                Err(err) => {
-                    tracing::warn!(pod = %self.name, attempt, %err, "pod status patch failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
+        let params = PatchParams::default();
+        let patch = Patch::Strategic(&body);
+        let patch = || api.patch_status(&self.name, &params, &patch);
+        let written = patch
+            .retry(api_backoff())
+            .when(|err| !matches!(err, kube::Error::Api(s) if matches!(s.code, 400 | 404 | 409 | 422)))
+            .notify(|err, _| tracing::warn!(pod = %self.name, %err, "pod status patch failed; retrying"))
+            .await;
+        match written {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                tracing::debug!(pod = %self.name, code = s.code, "pod gone or replaced; status not written");
+                false
             }
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                tracing::error!(pod = %self.name, message = %s.message, "apiserver rejected the pod status");
+                false
+            }
+            Err(_) => false,
         }
-        false
     }
 
     /// After the terminal status: wait for the pod's deletion and complete it with grace 0
@@ -372,16 +368,11 @@ impl Worker {
             ..Default::default()
         };
         let api = self.api();
-        for attempt in 0..STATUS_ATTEMPTS {
-            match api.delete(&self.name, &dp).await {
-                Ok(_) => return,
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return,
-                Err(err) => {
-                    tracing::warn!(pod = %self.name, attempt, %err, "final pod delete failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                }
-            }
-        }
+        let _ = (|| api.delete(&self.name, &dp))
+            .retry(api_backoff())
+            .when(|err| !matches!(err, kube::Error::Api(s) if s.code == 404 || s.code == 409))
+            .notify(|err, _| tracing::warn!(pod = %self.name, %err, "final pod delete failed; retrying"))
+            .await;
     }
 }
 
@@ -400,30 +391,24 @@ pub fn grace_period(pod: &Pod, max: Duration) -> Duration {
     Duration::from_secs(secs).min(max)
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200u64 << attempt.min(5))
+/// How calls that may meet a restarting apiserver are retried.
+fn api_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_millis(6400))
+        .with_max_times(STATUS_ATTEMPTS - 1)
 }
 
-async fn retry<T, F, Fut>(mut f: F) -> Result<T, kube::Error>
+/// Reads, retried unless the apiserver answered with a client error (a retry would repeat it).
+async fn retry<T, F, Fut>(f: F) -> Result<T, kube::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
-    let mut attempt = 0;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(kube::Error::Api(s)) if s.code < 500 && s.code != 429 => {
-                return Err(kube::Error::Api(s))
-            }
-            Err(err) if attempt + 1 >= STATUS_ATTEMPTS => return Err(err),
-            Err(err) => {
-                tracing::debug!(%err, attempt, "API read failed; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-        }
-    }
+    f.retry(api_backoff())
+        .when(|err| !matches!(err, kube::Error::Api(s) if s.code < 500 && s.code != 429))
+        .notify(|err, wait| tracing::debug!(%err, ?wait, "API read failed; retrying"))
+        .await
 }
 
 pub fn config_map_data(cm: ConfigMap) -> std::collections::BTreeMap<String, String> {

@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(30)).await;
     let cpu_steady = (cpu_secs(pid) - cpu_idle_start) / 30.0;
     let (rss, hwm) = memory_mb(pid);
-    let in_flight: i64 = sqlx::query_scalar("SELECT count(*) FROM proofs WHERE status IN ('pending', 'running')").fetch_one(state.pool()).await?;
+    let in_flight = state.count_active_proofs().await?;
     let job_count = jobs.list(&Default::default()).await?.items.len();
 
     println!("\nkube-bench: {proofs} execute-stage proofs, real kube-apiserver 1.34.2 on loopback, no nodes (pods stay Pending)\n");
