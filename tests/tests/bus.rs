@@ -7,7 +7,7 @@ use proofjobs_pipeline::{
     bus::PgBus,
     ids,
     stage::{Mode, Stage},
-    state::{Notifications, NewProof, NewTask},
+    state::{Claim, NewProof, NewTask, Notifications, TaskState},
 };
 use proofjobs_tests::*;
 use sp1_prover::worker::{ProofId, TaskId, TaskMetadata, WorkerClient};
@@ -85,4 +85,31 @@ async fn a_task_is_claimed_once_and_a_lost_runner_gives_it_back() {
     assert_eq!(db.requeue_runner_tasks("runner_a").await.unwrap(), 1);
     let again = db.claim_task(&proof_id, &[Stage::Execute], "runner_b").await.unwrap().expect("requeued");
     assert_eq!((again.id, again.attempts), (task_id, 2));
+}
+
+/// Fencing: only the holder of a claim finishes a task. A runner declared gone (its tasks handed
+/// back) that wakes up later and reports its result changes nothing; the runner that claimed the
+/// task again is the one whose success stands.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_finish_from_a_runner_declared_gone_changes_nothing() {
+    let (test_db, _bus, proof_id, task_id) = bus_with_task().await;
+    let db = test_db.db().await;
+    db.register_runner("runner_a", &proof_id, &[Stage::Execute], "local", "1").await.unwrap();
+    let a = db.claim_task(&proof_id, &[Stage::Execute], "runner_a").await.unwrap().expect("claimable");
+    // A is declared gone (hung, pod vanished): its row closed, its task back in the queue.
+    db.runner_reaped("runner_a", None, Some("hung: no heartbeat for 121 s (limit 120 s)")).await.unwrap();
+    let b = db.claim_task(&proof_id, &[Stage::Execute], "runner_b").await.unwrap().expect("handed back");
+    assert_eq!((b.id.as_str(), b.attempts), (task_id.as_str(), 2));
+    // A's late result: neither a success nor a failure lands.
+    assert!(!db.complete_task(&a.id, &a.claim()).await.unwrap(), "a stale claim completed the task");
+    assert_eq!(db.fail_task(&a.id, &a.claim(), "late failure", true).await.unwrap(), None);
+    // The current attempt number under another runner's name is not the claim either.
+    let forged = Claim { runner_id: "runner_a".into(), attempt: 2 };
+    assert!(!db.complete_task(&task_id, &forged).await.unwrap());
+    assert_eq!(db.task_claim(&task_id).await.unwrap(), Some(b.claim()), "B no longer holds the task");
+    // B's result is the one kept, and nothing downgrades it afterwards.
+    assert!(db.complete_task(&b.id, &b.claim()).await.unwrap());
+    assert!(!db.complete_task(&a.id, &a.claim()).await.unwrap());
+    assert_eq!(db.fail_task(&b.id, &b.claim(), "duplicate", false).await.unwrap(), None);
+    assert_eq!(db.task_states(std::slice::from_ref(&task_id)).await.unwrap(), vec![(task_id.clone(), TaskState::Succeeded)]);
 }
