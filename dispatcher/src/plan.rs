@@ -228,7 +228,14 @@ impl<'a> Planner<'a> {
 
     /// What a runner's end means for its proof.
     fn account_for(&mut self, row: &RunnerRow, code: Option<i32>, why: Option<String>) {
-        let Some(proof) = self.active(&row.proof_id) else { return };
+        let Some(proof) = self.active(&row.proof_id) else {
+            // A runner that failed its proof itself (bad input) left its reason: tell it.
+            if classify(code) == ExitClass::FailProof {
+                let cause = row.error.clone().unwrap_or_else(|| format!("runner {} exited with code {}", row.id, code.unwrap_or(-1)));
+                self.tell(row, true, "ProofFailed", cause);
+            }
+            return;
+        };
         let key = (proof.id.clone(), row.stages.clone());
         let now = self.snapshot.now;
         match classify(code) {

@@ -205,6 +205,23 @@ impl KubeEnv {
     }
 
     /// Job names of a proof.
+    /// The reasons of the Events on an object, oldest first, once `expected` is among them (or
+    /// after 15 s): Events are written a moment after what they tell.
+    pub fn event_reasons(&self, object: &str, expected: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = kubectl(&[
+                "-n", &self.namespace, "get", "events", "--field-selector", &format!("involvedObject.name={object}"),
+                "--sort-by=.metadata.creationTimestamp", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+            ]);
+            let reasons: Vec<String> = out.lines().map(str::to_string).collect();
+            if reasons.iter().any(|r| r == expected) || Instant::now() > deadline {
+                return reasons;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     pub fn job_names(&self, proof_id: &str) -> Vec<String> {
         let out = kubectl(&[
             "-n", &self.namespace, "get", "jobs", "-o", "name", "-l",

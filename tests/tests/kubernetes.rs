@@ -104,6 +104,7 @@ async fn stage_jobs_run_real_runners_and_bad_input_fails_without_retry() {
     assert!(row.contains("execute") && row.contains("1-of-1"), "progress label not kept current:\n{view}");
     let logs = kubectl(&["-n", &env.namespace, "logs", &format!("job/{execute_job}")]);
     assert!(logs.contains("runner started"), "kubectl logs shows no task-runner log:\n{logs}");
+    assert!(env.event_reasons(&execute_job, "Created").contains(&"Created".to_string()), "no Created Event on {execute_job}");
 
     // Bad input from a cluster client: the stdin is not an SP1Stdin.
     let bad = format!("badstdin-{}", uuid::Uuid::now_v7().simple());
@@ -115,6 +116,9 @@ async fn stage_jobs_run_real_runners_and_bad_input_fails_without_retry() {
     assert_eq!(env.job_names(&bad), vec![job_name(&bad, "execute", 0)], "no retry Job for bad input");
     let status = kubectl(&["-n", &env.namespace, "get", "job", &job_name(&bad, "execute", 0), "-o", "jsonpath={.status.failed}/{.status.conditions[?(@.type==\"Failed\")].reason}"]);
     assert_eq!(status, "1/PodFailurePolicy", "one pod, failed by the exit-65 rule");
+    // `kubectl describe job` tells the story: created, then the proof failed with the cause.
+    let reasons = env.event_reasons(&job_name(&bad, "execute", 0), "ProofFailed");
+    assert!(reasons.contains(&"Created".to_string()) && reasons.contains(&"ProofFailed".to_string()), "{reasons:?}");
     let db = cluster.db.db().await;
     let codes: Vec<Option<i32>> = sqlx::query_scalar("SELECT exit_code FROM runners WHERE proof_id = $1 AND backend = 'kubernetes'")
         .bind(&bad)
@@ -147,6 +151,8 @@ async fn a_killed_runner_a_deleted_job_and_a_lost_node_do_not_fail_the_proof() {
     let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
     assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
     assert_eq!(env.job_names(&id), vec![job_name(&id, "execute", 0), job_name(&id, "execute", 1)]);
+    let reasons = env.event_reasons(&job_name(&id, "execute", 0), "Retrying");
+    assert!(reasons.contains(&"Retrying".to_string()), "the killed runner's Job says it was retried: {reasons:?}");
 
     // 2. The stage Job deleted by hand while its pod works.
     let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
@@ -173,7 +179,7 @@ async fn a_killed_runner_a_deleted_job_and_a_lost_node_do_not_fail_the_proof() {
     assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
     assert_eq!(env.job_names(&id), vec![job.clone()], "a lost node is retried inside the Job, not as a new attempt");
     let db = cluster.db.db().await;
-    let failures: i32 = sqlx::query_scalar("SELECT runner_failures FROM proofs WHERE id = $1").bind(&id).fetch_one(db.pool()).await.unwrap();
+    let failures: i32 = db.group_states(std::slice::from_ref(&id), "kubernetes").await.unwrap().iter().map(|g| g.failures).sum();
     assert_eq!(failures, 0, "a lost node is not the runner's failure");
     let pods = kubectl(&["-n", &env.namespace, "get", "pods", "-l", &format!("batch.kubernetes.io/job-name={job}"), "-o", "name"]);
     println!("pods of {job} after the node loss:\n{pods}");

@@ -281,6 +281,11 @@ fn operators_are_told_why_a_group_is_retried_or_its_proof_failed() {
     bad.error = Some("stdin is not a bincode SP1Stdin".into());
     let told = notes(&plan(&snapshot(vec![proof("p", &[])], vec![ended(bad, Some(65))]), &per_stage()));
     assert_eq!(told, vec![("ProofFailed", "stdin is not a bincode SP1Stdin".to_string())]);
+    // A runner that failed its proof itself (the proof is over when the dispatcher looks) still has it told.
+    let mut bad = row("r", "p", EXEC);
+    bad.error = Some("the program is not a valid SP1 RISC-V ELF".into());
+    let told = notes(&plan(&snapshot(vec![], vec![ended(bad, Some(65))]), &per_stage()));
+    assert_eq!(told, vec![("ProofFailed", "the program is not a valid SP1 RISC-V ELF".to_string())]);
     // A clean exit is nothing to tell.
     assert!(notes(&plan(&snapshot(vec![proof("p", &[])], vec![ended(row("r", "p", EXEC), Some(0))]), &per_stage())).is_empty());
 }
