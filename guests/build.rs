@@ -56,8 +56,7 @@ const INSTALL_HINT: &str = "install them with `apt-get install clang lld` \
      (or point PROOFJOBS_GUESTS_CLANG / PROOFJOBS_GUESTS_LD_LLD at them)";
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let c_dir = manifest_dir.join("c");
 
@@ -75,12 +74,7 @@ fn main() {
     for guest in GUESTS {
         let obj = compile(&clang, &c_dir, &out_dir, guest);
         let elf = out_dir.join(format!("{guest}.elf"));
-        run(Command::new(&lld)
-            .args(LDFLAGS)
-            .arg(&obj)
-            .arg(&runtime_obj)
-            .arg("-o")
-            .arg(&elf));
+        run(Command::new(&lld).args(LDFLAGS).arg(&obj).arg(&runtime_obj).arg("-o").arg(&elf));
     }
 }
 
@@ -106,26 +100,17 @@ fn find_tool(env_var: &str, candidates: &[&str]) -> String {
         _ => candidates.iter().map(|s| s.to_string()).collect(),
     };
     for name in &names {
-        let ok = Command::new(name)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+        let ok =
+            Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
         if ok {
             return name.clone();
         }
     }
-    panic!(
-        "proofjobs-guests: none of {names:?} found on PATH; the C guests need clang and ld.lld: {INSTALL_HINT}"
-    );
+    panic!("proofjobs-guests: none of {names:?} found on PATH; the C guests need clang and ld.lld: {INSTALL_HINT}");
 }
 
 fn run(cmd: &mut Command) {
-    let status = cmd.status().unwrap_or_else(|e| {
-        panic!("proofjobs-guests: failed to start {cmd:?}: {e}; {INSTALL_HINT}")
-    });
+    let status = cmd.status().unwrap_or_else(|e| panic!("proofjobs-guests: failed to start {cmd:?}: {e}; {INSTALL_HINT}"));
     if !status.success() {
         panic!("proofjobs-guests: {cmd:?} failed with {status}");
     }

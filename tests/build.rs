@@ -9,8 +9,10 @@ fn main() {
     let gpu = match std::env::var("PROOFJOBS_GPU_TESTS").as_deref() {
         Ok("1") => true,
         Ok("0") => false,
-        _ => std::path::Path::new("/proc/driver/nvidia/version").exists()
-            || std::process::Command::new("nvidia-smi").arg("-L").output().is_ok_and(|o| o.status.success()),
+        _ => {
+            std::path::Path::new("/proc/driver/nvidia/version").exists()
+                || std::process::Command::new("nvidia-smi").arg("-L").output().is_ok_and(|o| o.status.success())
+        }
     };
     if gpu {
         println!("cargo::rustc-cfg=nvidia_gpu");

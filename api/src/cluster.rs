@@ -8,10 +8,9 @@ use proofjobs_pipeline::{
     state::{CancelOutcome, ProofRow, ProofStatus},
 };
 use sp1_prover_types::cluster::{
-    cluster_service_server::ClusterService, ClusterComponentManifest, ExecutionResult, ExecutionStatus,
-    ProofRequest, ProofRequestCancelRequest, ProofRequestCreateRequest, ProofRequestGetRequest,
-    ProofRequestGetResponse, ProofRequestListRequest, ProofRequestListResponse, ProofRequestStatus,
-    ProofRequestUpdateRequest, SetClusterComponentInfoRequest,
+    cluster_service_server::ClusterService, ClusterComponentManifest, ExecutionResult, ExecutionStatus, ProofRequest,
+    ProofRequestCancelRequest, ProofRequestCreateRequest, ProofRequestGetRequest, ProofRequestGetResponse, ProofRequestListRequest,
+    ProofRequestListResponse, ProofRequestStatus, ProofRequestUpdateRequest, SetClusterComponentInfoRequest,
 };
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
@@ -45,14 +44,11 @@ fn to_cluster(row: &ProofRow) -> ProofRequest {
         (ProofStatus::Cancelled, None) => ExecutionStatus::Cancelled,
         _ => ExecutionStatus::Unexecuted,
     };
-    let public_values_hash = row
-        .public_values
-        .as_ref()
-        .map(|pv| sp1_sdk::SP1PublicValues::from(pv.as_slice()).hash())
-        .unwrap_or_default();
-    let extra_data = row.extra_data.clone().or_else(|| {
-        row.failure_cause.as_ref().map(|cause| serde_json::json!({ "proving_failure": { "reason": cause } }).to_string())
-    });
+    let public_values_hash = row.public_values.as_ref().map(|pv| sp1_sdk::SP1PublicValues::from(pv.as_slice()).hash()).unwrap_or_default();
+    let extra_data = row
+        .extra_data
+        .clone()
+        .or_else(|| row.failure_cause.as_ref().map(|cause| serde_json::json!({ "proving_failure": { "reason": cause } }).to_string()));
     ProofRequest {
         id: row.id.clone(),
         proof_status: cluster_status(row.status) as i32,
@@ -91,11 +87,11 @@ impl ClusterService for ClusterApi {
         // sp1-cluster carries the proof mode as a decimal ProofMode number in options_artifact_id.
         let mode = match r.options_artifact_id.as_deref() {
             None | Some("") => Mode::Compressed,
-            Some(s) => s
-                .parse::<i32>()
-                .ok()
-                .and_then(Mode::from_sp1_mode)
-                .ok_or_else(|| Status::invalid_argument(format!("unknown proof mode {s:?} in options_artifact_id (expected 1=core, 2=compressed, 3=plonk, 4=groth16)")))?,
+            Some(s) => s.parse::<i32>().ok().and_then(Mode::from_sp1_mode).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "unknown proof mode {s:?} in options_artifact_id (expected 1=core, 2=compressed, 3=plonk, 4=groth16)"
+                ))
+            })?,
         };
         let request = intake::Request {
             proof_id: Some(r.proof_id.clone()),
@@ -108,10 +104,8 @@ impl ClusterService for ClusterApi {
             scheduled_by: r.scheduled_by,
             stdin_private: r.stdin_private,
         };
-        let (_, created) = self
-            .intake
-            .create_for_artifacts(request, r.program_artifact_id, r.stdin_artifact_id, r.proof_artifact_id)
-            .await?;
+        let (_, created) =
+            self.intake.create_for_artifacts(request, r.program_artifact_id, r.stdin_artifact_id, r.proof_artifact_id).await?;
         if !created {
             return Err(Status::already_exists(format!("proof request {} already exists", r.proof_id)));
         }
@@ -173,8 +167,7 @@ impl ClusterService for ClusterApi {
             .filter(|p| r.minimum_deadline.is_none_or(|d| p.deadline >= d))
             .filter(|p| r.scheduled_by.is_none() || p.scheduled_by == r.scheduled_by)
             .filter(|p| {
-                r.execution_status.is_empty()
-                    || p.execution_result.as_ref().is_some_and(|e| r.execution_status.contains(&e.status))
+                r.execution_status.is_empty() || p.execution_result.as_ref().is_some_and(|e| r.execution_status.contains(&e.status))
             })
             .skip(offset as usize)
             .take(limit as usize)

@@ -22,11 +22,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_program_bytes: 256 << 20,
-            max_stdin_bytes: 1 << 30,
-            default_deadline: std::time::Duration::from_secs(4 * 3600),
-        }
+        Limits { max_program_bytes: 256 << 20, max_stdin_bytes: 1 << 30, default_deadline: std::time::Duration::from_secs(4 * 3600) }
     }
 }
 
@@ -129,10 +125,7 @@ impl Intake {
         proof_artifact: Option<String>,
     ) -> Result<(String, bool), Status> {
         let deadline = self.deadline(request.deadline)?;
-        for (what, id, kind) in [
-            ("program", &program_artifact, ArtifactType::Program),
-            ("stdin", &stdin_artifact, ArtifactType::Stdin),
-        ] {
+        for (what, id, kind) in [("program", &program_artifact, ArtifactType::Program), ("stdin", &stdin_artifact, ArtifactType::Stdin)] {
             if id.is_empty() {
                 return Err(Status::invalid_argument(format!("{what} artifact id is empty")));
             }
@@ -236,9 +229,9 @@ pub fn validate_program(program: &[u8]) -> Result<(), Status> {
 }
 
 pub fn validate_stdin(stdin: &[u8]) -> Result<(), Status> {
-    bincode::deserialize::<SP1Stdin>(stdin).map(|_| ()).map_err(|e| {
-        Status::invalid_argument(format!("stdin is not a bincode-serialized SP1Stdin: {e}"))
-    })
+    bincode::deserialize::<SP1Stdin>(stdin)
+        .map(|_| ())
+        .map_err(|e| Status::invalid_argument(format!("stdin is not a bincode-serialized SP1Stdin: {e}")))
 }
 
 pub fn internal(e: anyhow::Error) -> Status {

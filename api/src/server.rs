@@ -17,8 +17,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "api listening");
-    let prover = ProverServiceServer::new(ProverApi::new(intake.clone(), notifications))
-        .max_decoding_message_size(64 << 20);
+    let prover = ProverServiceServer::new(ProverApi::new(intake.clone(), notifications)).max_decoding_message_size(64 << 20);
     let cluster = ClusterServiceServer::new(ClusterApi::new(intake));
     tonic::transport::Server::builder()
         .add_service(prover)

@@ -31,12 +31,7 @@ impl ProverApi {
     }
 
     async fn load(&self, id: &str) -> Result<ProofRow, Status> {
-        self.intake
-            .db
-            .get_proof(id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("no proof with id {id:?}")))
+        self.intake.db.get_proof(id).await.map_err(internal)?.ok_or_else(|| Status::not_found(format!("no proof with id {id:?}")))
     }
 
     async fn describe(&self, row: &ProofRow) -> Result<proto::Proof, Status> {
@@ -165,10 +160,9 @@ impl ProverService for ProverApi {
         let id = request.into_inner().proof_id;
         match self.intake.db.cancel_proof(&id, "cancelled by the client").await.map_err(internal)? {
             CancelOutcome::Cancelled => Ok(Response::new(proto::CancelResponse { status: "cancelled".into() })),
-            CancelOutcome::AlreadyFinished(status) => Err(Status::failed_precondition(format!(
-                "proof {id} already finished ({}); nothing to cancel",
-                status.as_str()
-            ))),
+            CancelOutcome::AlreadyFinished(status) => {
+                Err(Status::failed_precondition(format!("proof {id} already finished ({}); nothing to cancel", status.as_str())))
+            }
             CancelOutcome::NotFound => Err(Status::not_found(format!("no proof with id {id:?}"))),
         }
     }
@@ -203,8 +197,7 @@ impl ProverService for ProverApi {
             let cause = row.failure_cause.map(|c| format!(": {c}")).unwrap_or_default();
             return Err(Status::failed_precondition(format!("proof {id} is {}{cause}", row.status.as_str())));
         }
-        let proof: ProofFromNetwork =
-            self.intake.store.download(&Artifact(row.proof_artifact.clone())).await.map_err(store_error)?;
+        let proof: ProofFromNetwork = self.intake.store.download(&Artifact(row.proof_artifact.clone())).await.map_err(store_error)?;
         let bytes = bincode::serialize(&SP1ProofWithPublicValues {
             proof: proof.proof,
             public_values: proof.public_values,

@@ -63,7 +63,11 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Keep a live runner group in step with its load (progress shown to operators, parallelism).
     /// Returns how long its pods have waited for capacity, when they are waiting.
-    fn observe(&self, _runner: &RunnerRow, _load: &GroupLoad) -> impl std::future::Future<Output = anyhow::Result<Option<Duration>>> + Send {
+    fn observe(
+        &self,
+        _runner: &RunnerRow,
+        _load: &GroupLoad,
+    ) -> impl std::future::Future<Output = anyhow::Result<Option<Duration>>> + Send {
         async { Ok(None) }
     }
     /// Tell operators what happened to a runner group, where the backend has a place for it.

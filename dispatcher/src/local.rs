@@ -2,13 +2,7 @@
 //! group so a dispatcher restart does not take it down (the new dispatcher adopts it by pid, as the
 //! Kubernetes backend adopts Jobs by name), and its output goes to `<log dir>/<runner id>.log`.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    process::Stdio,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{collections::HashMap, path::PathBuf, process::Stdio, sync::Mutex, time::Duration};
 
 use anyhow::{Context, Result};
 use proofjobs_pipeline::{runner_env::RunnerEnv, stage::stage_list, state::RunnerRow};

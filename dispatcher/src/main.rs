@@ -105,10 +105,14 @@ async fn main() -> anyhow::Result<()> {
     };
     match args.backend.as_str() {
         "local" => {
-            anyhow::ensure!(!args.artifact_store.is_empty(), "--artifact-store (PROOFJOBS_ARTIFACT_STORE) is required with the local backend");
+            anyhow::ensure!(
+                !args.artifact_store.is_empty(),
+                "--artifact-store (PROOFJOBS_ARTIFACT_STORE) is required with the local backend"
+            );
             let policy = policy("all")?;
             let runner_bin = args.task_runner.clone().unwrap_or_else(default_runner_bin);
-            let backend = LocalBackend::new(runner_bin, args.log_dir.clone(), args.database_url.clone(), args.artifact_store.clone(), vec![])?;
+            let backend =
+                LocalBackend::new(runner_bin, args.log_dir.clone(), args.database_url.clone(), args.artifact_store.clone(), vec![])?;
             serve(db, notifications, backend, policy).await
         }
         "kubernetes" => {

@@ -87,17 +87,44 @@ pub struct Snapshot {
 pub enum Action {
     /// Record that the runner's end was acted on (and the end itself when the runner could
     /// not); its unfinished tasks go back to the queue.
-    CloseRunner { proof_id: String, runner_id: String, exit_code: Option<i32>, error: Option<String> },
+    CloseRunner {
+        proof_id: String,
+        runner_id: String,
+        exit_code: Option<i32>,
+        error: Option<String>,
+    },
     /// Stop a runner (process group, Job) that should not run on.
-    StopRunner { proof_id: String, runner: RunnerRow },
-    FailProof { proof_id: String, cause: String },
+    StopRunner {
+        proof_id: String,
+        runner: RunnerRow,
+    },
+    FailProof {
+        proof_id: String,
+        cause: String,
+    },
     /// Count a runner of the group that ended without finishing (`counted`: a failure, else a
     /// hand-back) and start none before `until`.
-    HoldBack { proof_id: String, stages: Vec<Stage>, counted: bool, until: DateTime<Utc> },
-    MarkRunning { proof_id: String },
+    HoldBack {
+        proof_id: String,
+        stages: Vec<Stage>,
+        counted: bool,
+        until: DateTime<Utc>,
+    },
+    MarkRunning {
+        proof_id: String,
+    },
     /// Tell operators about a runner group (an Event on its Job).
-    Tell { proof_id: String, runner: RunnerRow, note: Note },
-    Launch { proof_id: String, stages: Vec<Stage>, attempt: u32, deadline_secs: i64 },
+    Tell {
+        proof_id: String,
+        runner: RunnerRow,
+        note: Note,
+    },
+    Launch {
+        proof_id: String,
+        stages: Vec<Stage>,
+        attempt: u32,
+        deadline_secs: i64,
+    },
 }
 
 impl Action {
@@ -241,13 +268,18 @@ impl<'a> Planner<'a> {
         match classify(code) {
             ExitClass::Done => {}
             ExitClass::FailProof => {
-                let cause = row.error.clone().unwrap_or_else(|| {
-                    format!("runner {} exited with code {} (bad input or configuration)", row.id, code.unwrap_or(-1))
-                });
+                let cause = row
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("runner {} exited with code {} (bad input or configuration)", row.id, code.unwrap_or(-1)));
                 self.fail_by(row, cause);
             }
             ExitClass::RetryNotCounted => {
-                let group = self.groups.entry(key).or_insert_with(|| GroupState { proof_id: proof.id.clone(), stages: row.stages.clone(), ..Default::default() });
+                let group = self.groups.entry(key).or_insert_with(|| GroupState {
+                    proof_id: proof.id.clone(),
+                    stages: row.stages.clone(),
+                    ..Default::default()
+                });
                 group.retries += 1;
                 let retries = group.retries;
                 if retries > self.policy.max_runner_retries {
@@ -263,7 +295,12 @@ impl<'a> Planner<'a> {
                 } else {
                     let wait = backoff(retries);
                     group.not_before = Some(now + wait);
-                    self.actions.push(Action::HoldBack { proof_id: proof.id.clone(), stages: row.stages.clone(), counted: false, until: now + wait });
+                    self.actions.push(Action::HoldBack {
+                        proof_id: proof.id.clone(),
+                        stages: row.stages.clone(),
+                        counted: false,
+                        until: now + wait,
+                    });
                     let message = format!(
                         "runner {} handed its work back (exit {}{}); next runner in {} s (hand-back {retries} of at most {})",
                         row.id,
@@ -279,16 +316,27 @@ impl<'a> Planner<'a> {
                 let failures = self.failures.entry(proof.id.clone()).or_default();
                 *failures += 1;
                 let failures = *failures;
-                let how = why.unwrap_or_else(|| code.map(|c| format!("exited with code {c}")).unwrap_or_else(|| "ended without an exit code (killed or lost)".into()));
+                let how = why.unwrap_or_else(|| {
+                    code.map(|c| format!("exited with code {c}")).unwrap_or_else(|| "ended without an exit code (killed or lost)".into())
+                });
                 if failures >= self.policy.max_runner_failures {
                     let cause = format!("runners failed {failures} times; the last ({}, stages {}) {how}", row.id, stage_list(&row.stages));
                     self.fail_by(row, cause);
                 } else {
                     let wait = backoff(failures);
-                    let group = self.groups.entry(key).or_insert_with(|| GroupState { proof_id: proof.id.clone(), stages: row.stages.clone(), ..Default::default() });
+                    let group = self.groups.entry(key).or_insert_with(|| GroupState {
+                        proof_id: proof.id.clone(),
+                        stages: row.stages.clone(),
+                        ..Default::default()
+                    });
                     group.failures += 1;
                     group.not_before = Some(now + wait);
-                    self.actions.push(Action::HoldBack { proof_id: proof.id.clone(), stages: row.stages.clone(), counted: true, until: now + wait });
+                    self.actions.push(Action::HoldBack {
+                        proof_id: proof.id.clone(),
+                        stages: row.stages.clone(),
+                        counted: true,
+                        until: now + wait,
+                    });
                     let message = format!(
                         "runner {} failed: {how}; next runner in {} s (failure {failures} of at most {} for the proof)",
                         row.id,

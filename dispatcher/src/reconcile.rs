@@ -85,8 +85,7 @@ impl<B: Backend> Dispatcher<B> {
         let live = self.db.unreaped_runners(backend_name).await?;
         // Progress first, so a runner that ends below has its final counts shown.
         let waiting = self.observe(&live).await?;
-        let ended: HashMap<String, Option<i32>> =
-            self.backend.reap(&live).await?.into_iter().map(|e| (e.runner_id, e.exit_code)).collect();
+        let ended: HashMap<String, Option<i32>> = self.backend.reap(&live).await?.into_iter().map(|e| (e.runner_id, e.exit_code)).collect();
         let proofs = self.db.active_proofs().await?;
         let mut pending: HashMap<String, Vec<Stage>> = HashMap::new();
         for (proof_id, stage) in self.db.pending_stages().await? {
@@ -94,7 +93,12 @@ impl<B: Backend> Dispatcher<B> {
         }
         let active: Vec<ActiveProof> = proofs
             .into_iter()
-            .map(|p| ActiveProof { pending_stages: pending.remove(&p.id).unwrap_or_default(), id: p.id, status: p.status, deadline: p.deadline })
+            .map(|p| ActiveProof {
+                pending_stages: pending.remove(&p.id).unwrap_or_default(),
+                id: p.id,
+                status: p.status,
+                deadline: p.deadline,
+            })
             .collect();
         let mut gone: Vec<String> = live.iter().map(|r| r.proof_id.clone()).filter(|id| !active.iter().any(|p| p.id == *id)).collect();
         gone.sort();

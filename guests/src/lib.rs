@@ -133,9 +133,7 @@ pub fn memtraffic_public_values(n: u64, rounds: u64) -> [u8; 24] {
         }
     }
 
-    let checksum = buf
-        .iter()
-        .fold(acc, |c, &w| (c ^ w).wrapping_mul(FNV_PRIME));
+    let checksum = buf.iter().fold(acc, |c, &w| (c ^ w).wrapping_mul(FNV_PRIME));
 
     let mut out = [0u8; 24];
     out[..8].copy_from_slice(&n.to_le_bytes());
@@ -184,19 +182,11 @@ mod tests {
         let phoff = u64_at(elf, 32) as usize;
         let phentsize = u16_at(elf, 54) as usize;
         let phnum = u16_at(elf, 56) as usize;
-        assert!(
-            phentsize >= 56 && phoff + phnum * phentsize <= elf.len(),
-            "{name}: program headers"
-        );
+        assert!(phentsize >= 56 && phoff + phnum * phentsize <= elf.len(), "{name}: program headers");
         let loads = (0..phnum)
             .map(|i| &elf[phoff + i * phentsize..])
             .filter(|ph| u32_at(ph, 0) == PT_LOAD)
-            .map(|ph| Load {
-                flags: u32_at(ph, 4),
-                offset: u64_at(ph, 8),
-                vaddr: u64_at(ph, 16),
-                filesz: u64_at(ph, 32),
-            })
+            .map(|ph| Load { flags: u32_at(ph, 4), offset: u64_at(ph, 8), vaddr: u64_at(ph, 16), filesz: u64_at(ph, 32) })
             .collect::<Vec<_>>();
         assert!(!loads.is_empty(), "{name}: no PT_LOAD");
         (entry, loads)
@@ -205,51 +195,25 @@ mod tests {
     fn check_elf(name: &str, elf: &[u8]) {
         let (entry, loads) = check_header(name, elf);
         for l in &loads {
-            assert!(
-                l.vaddr >= STACK_TOP,
-                "{name}: PT_LOAD at {:#x} below 0x78000000",
-                l.vaddr
-            );
-            assert!(
-                l.flags & PF_W == 0 || l.flags & PF_X == 0,
-                "{name}: PT_LOAD at {:#x} is both writable and executable",
-                l.vaddr
-            );
-            assert!(
-                l.flags & PF_R != 0,
-                "{name}: PT_LOAD at {:#x} not readable",
-                l.vaddr
-            );
+            assert!(l.vaddr >= STACK_TOP, "{name}: PT_LOAD at {:#x} below 0x78000000", l.vaddr);
+            assert!(l.flags & PF_W == 0 || l.flags & PF_X == 0, "{name}: PT_LOAD at {:#x} is both writable and executable", l.vaddr);
+            assert!(l.flags & PF_R != 0, "{name}: PT_LOAD at {:#x} not readable", l.vaddr);
         }
 
         // SP1 decodes every word of the executable segment and refuses the
         // program on anything it cannot decode (compressed instructions,
         // zero padding, CSR/fence). One code segment holding the entry point.
         let code: Vec<&Load> = loads.iter().filter(|l| l.flags & PF_X != 0).collect();
-        assert_eq!(
-            code.len(),
-            1,
-            "{name}: expected exactly one executable PT_LOAD"
-        );
+        assert_eq!(code.len(), 1, "{name}: expected exactly one executable PT_LOAD");
         let code = code[0];
-        assert!(
-            entry >= code.vaddr && entry < code.vaddr + code.filesz,
-            "{name}: entry outside code"
-        );
+        assert!(entry >= code.vaddr && entry < code.vaddr + code.filesz, "{name}: entry outside code");
         assert_eq!(code.filesz % 4, 0, "{name}: code size not a multiple of 4");
         let bytes = &elf[code.offset as usize..(code.offset + code.filesz) as usize];
         for (i, word) in bytes.chunks_exact(4).enumerate() {
             let w = u32::from_le_bytes(word.try_into().unwrap());
             // LUI AUIPC JAL JALR BRANCH LOAD STORE OP-IMM OP OP-IMM-32 OP-32, or exactly ECALL.
-            let ok = matches!(
-                w & 0x7F,
-                0x37 | 0x17 | 0x6F | 0x67 | 0x63 | 0x03 | 0x23 | 0x13 | 0x33 | 0x1B | 0x3B
-            ) || w == 0x0000_0073;
-            assert!(
-                ok,
-                "{name}: word {w:#010x} at {:#x} is not an RV64IM instruction SP1 runs",
-                code.vaddr + 4 * i as u64
-            );
+            let ok = matches!(w & 0x7F, 0x37 | 0x17 | 0x6F | 0x67 | 0x63 | 0x03 | 0x23 | 0x13 | 0x33 | 0x1B | 0x3B) || w == 0x0000_0073;
+            assert!(ok, "{name}: word {w:#010x} at {:#x} is not an RV64IM instruction SP1 runs", code.vaddr + 4 * i as u64);
         }
     }
 
@@ -272,10 +236,8 @@ mod tests {
             assert_eq!(fibonacci_n_for_cycles(cycles), n);
         }
         let mut prev = 0;
-        let samples = (0..20_000u64)
-            .chain((0..64).map(|s| 1u64 << s))
-            .chain((0..64).map(|s| (1u64 << s) - 1))
-            .chain([u64::MAX - 1, u64::MAX]);
+        let samples =
+            (0..20_000u64).chain((0..64).map(|s| 1u64 << s)).chain((0..64).map(|s| (1u64 << s) - 1)).chain([u64::MAX - 1, u64::MAX]);
         let mut samples: Vec<u64> = samples.collect();
         samples.sort_unstable();
         for c in samples {
@@ -294,10 +256,7 @@ mod tests {
             (a, b) = (b, a.wrapping_add(b));
         }
         // Values produced by running FIBONACCI_ELF in an RV64IM interpreter.
-        for (n, fib) in [
-            (94u64, 1_293_530_146_158_671_551u64),
-            (10_000, 15_574_651_946_073_070_043),
-        ] {
+        for (n, fib) in [(94u64, 1_293_530_146_158_671_551u64), (10_000, 15_574_651_946_073_070_043)] {
             let pv = fibonacci_public_values(n);
             assert_eq!(pv[..8], n.to_le_bytes());
             assert_eq!(pv[8..], fib.to_le_bytes());
@@ -322,11 +281,7 @@ mod tests {
             let pv = memtraffic_public_values(n, rounds);
             assert_eq!(pv[..8], n.to_le_bytes());
             assert_eq!(pv[8..16], rounds.to_le_bytes());
-            assert_eq!(
-                pv[16..],
-                checksum.to_le_bytes(),
-                "n = {n}, rounds = {rounds}"
-            );
+            assert_eq!(pv[16..], checksum.to_le_bytes(), "n = {n}, rounds = {rounds}");
         }
         // Clamping: n above the limit behaves (and is reported) as the limit.
         let pv = memtraffic_public_values(u64::MAX, 0);

@@ -6,9 +6,7 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use sp1_prover::worker::{
-    ProofId, RawTaskRequest, SubscriberBuilder, TaskId, TaskMetadata, WorkerClient,
-};
+use sp1_prover::worker::{ProofId, RawTaskRequest, SubscriberBuilder, TaskId, TaskMetadata, WorkerClient};
 use sp1_prover_types::{ProofRequestStatus, TaskStatus, TaskType};
 use tokio::sync::mpsc;
 

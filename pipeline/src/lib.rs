@@ -2,11 +2,11 @@
 //! (proofs, tasks, runners) with the task bus built on it, the artifact stores, and the runner's
 //! exit-code contract. api, dispatcher and task-runner each import these instead of restating them.
 
+pub mod artifacts;
+pub mod bus;
 pub mod exit;
 pub mod ids;
-pub mod stage;
-pub mod state;
-pub mod bus;
-pub mod artifacts;
 pub mod memory;
 pub mod runner_env;
+pub mod stage;
+pub mod state;

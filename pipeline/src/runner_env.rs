@@ -88,9 +88,7 @@ impl RunnerEnv {
 
     /// Parse the contract from `get` (the process environment, or flags standing in for it).
     pub fn from_vars(get: impl Fn(&'static str) -> Option<String>) -> Result<RunnerEnv, EnvError> {
-        let required = |var: &'static str| {
-            get(var).filter(|v| !v.is_empty()).ok_or_else(|| EnvError { var, problem: "is not set".into() })
-        };
+        let required = |var: &'static str| get(var).filter(|v| !v.is_empty()).ok_or_else(|| EnvError { var, problem: "is not set".into() });
         let optional = |var: &'static str| get(var).filter(|v| !v.is_empty());
         let stages = parse_stage_list(&required(STAGES)?).map_err(|problem| EnvError { var: STAGES, problem })?;
         let gpu_min_free_gib = match optional(GPU_MIN_FREE_GIB) {
@@ -105,7 +103,11 @@ impl RunnerEnv {
         };
         let idle_exit_secs = match optional(IDLE_EXIT_SECS) {
             None => None,
-            Some(v) => Some(v.trim().parse::<u64>().map_err(|_| EnvError { var: IDLE_EXIT_SECS, problem: format!("{v:?} is not a number of seconds") })?),
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| EnvError { var: IDLE_EXIT_SECS, problem: format!("{v:?} is not a number of seconds") })?,
+            ),
         };
         Ok(RunnerEnv {
             proof_id: required(PROOF_ID)?,
@@ -154,7 +156,16 @@ mod tests {
     fn renders_and_parses_back() {
         let env = full();
         assert_eq!(parse(&env.to_vars()).unwrap(), env);
-        let minimal = RunnerEnv { runner_id: None, handle: None, key_cache: None, prover: None, gpu_min_free_gib: None, idle_exit_secs: None, backend: "local".into(), ..full() };
+        let minimal = RunnerEnv {
+            runner_id: None,
+            handle: None,
+            key_cache: None,
+            prover: None,
+            gpu_min_free_gib: None,
+            idle_exit_secs: None,
+            backend: "local".into(),
+            ..full()
+        };
         let vars = minimal.to_vars();
         assert!(!vars.iter().any(|(k, _)| *k == PROVER || *k == RUNNER_ID), "{vars:?}");
         assert_eq!(parse(&vars).unwrap(), minimal);

@@ -25,16 +25,13 @@ pub enum Pool {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] =
-        [Stage::Execute, Stage::Setup, Stage::ProveCore, Stage::Compress, Stage::Shrink, Stage::Wrap];
+    pub const ALL: [Stage; 6] = [Stage::Execute, Stage::Setup, Stage::ProveCore, Stage::Compress, Stage::Shrink, Stage::Wrap];
 
     /// The stage a task type runs in; `None` for bookkeeping tasks no runner ever executes
     /// (the deferred-record marker is completed by the PROVE_SHARD that owns it).
     pub fn of_task(task_type: TaskType) -> Option<Stage> {
         match task_type {
-            TaskType::Controller | TaskType::CoreExecute | TaskType::ExecuteOnly => {
-                Some(Stage::Execute)
-            }
+            TaskType::Controller | TaskType::CoreExecute | TaskType::ExecuteOnly => Some(Stage::Execute),
             TaskType::SetupVkey => Some(Stage::Setup),
             TaskType::ProveShard => Some(Stage::ProveCore),
             TaskType::RecursionReduce | TaskType::RecursionDeferred => Some(Stage::Compress),
@@ -95,12 +92,7 @@ impl FromStr for Stage {
 
 /// Parse a comma-separated stage list such as `execute,setup`.
 pub fn parse_stage_list(s: &str) -> Result<Vec<Stage>, String> {
-    let mut stages = s
-        .split(',')
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-        .map(Stage::from_str)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut stages = s.split(',').map(str::trim).filter(|part| !part.is_empty()).map(Stage::from_str).collect::<Result<Vec<_>, _>>()?;
     stages.sort();
     stages.dedup();
     if stages.is_empty() {
@@ -184,9 +176,7 @@ impl FromStr for Mode {
             "compressed" => Ok(Mode::Compressed),
             "plonk" => Ok(Mode::Plonk),
             "groth16" => Ok(Mode::Groth16),
-            other => Err(format!(
-                "unknown mode {other:?} (expected execute, core, compressed, plonk or groth16)"
-            )),
+            other => Err(format!("unknown mode {other:?} (expected execute, core, compressed, plonk or groth16)")),
         }
     }
 }
@@ -232,10 +222,7 @@ mod tests {
             assert_eq!(stage.as_str().parse::<Stage>().unwrap(), stage);
         }
         assert!("gpu".parse::<Stage>().is_err());
-        assert_eq!(
-            parse_stage_list("setup, execute,setup").unwrap(),
-            vec![Stage::Execute, Stage::Setup]
-        );
+        assert_eq!(parse_stage_list("setup, execute,setup").unwrap(), vec![Stage::Execute, Stage::Setup]);
     }
 
     #[test]

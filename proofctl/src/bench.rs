@@ -119,73 +119,73 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: Baseline, key_cache: &st
     let mut rows = Vec::new();
     let mut cycles = 0;
     for mode in modes.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-      for setting in &cache_settings {
-        // Runners inherit the environment of this process (embedded mode's local backend).
-        match (*setting, &configured_cache) {
-            ("off", _) => std::env::set_var("PROOFJOBS_KEY_CACHE", "off"),
-            (_, Some(dir)) => std::env::set_var("PROOFJOBS_KEY_CACHE", dir),
-            (_, None) => std::env::remove_var("PROOFJOBS_KEY_CACHE"),
-        }
-        eprintln!("bench: fibonacci n={n}, mode {mode}, key cache {setting}: embedded pipeline");
-        let args = ProveArgs {
-            elf: elf.clone(),
-            stdin: Some(stdin_path.clone()),
-            mode: mode.to_string(),
-            out: dir.path().join(format!("{mode}.proof")),
-            deadline_secs: 0,
-            cycle_limit: 0,
-            idempotency_key: String::new(),
-            quiet: true,
-        };
-        let run = crate::prove_embedded_measured(&args, std::env::var_os("PROOFJOBS_BENCH_KEEP").is_some()).await?;
-        let proof = run.proof;
-        // Like the baseline's total: from the start to the proof in hand, teardown excluded.
-        let pipeline_s = run.proof_secs;
-        anyhow::ensure!(proof.status == "completed", "pipeline proof {}: {}", proof.status, proof.failure_cause);
-        cycles = proof.cycles;
-        if let Some(checker) = &checker {
-            checker.check_saved(&args.out).with_context(|| format!("pipeline {mode} proof"))?;
-            eprintln!("bench: pipeline {mode} proof verifies, tampered copy refused, public values match the executor's");
-        }
-        // One baseline per mode, after the last pipeline run of that mode.
-        let last_setting = setting == cache_settings.last().expect("checked non-empty");
-        let sdk = match &baseline {
-            Baseline::None => None,
-            _ if !last_setting => None,
-            Baseline::Sdk => {
-                eprintln!("bench: fibonacci n={n}, mode {mode}: sp1-sdk CpuProver in a fresh process");
-                Some(run_baseline(std::process::Command::new(std::env::current_exe()?).args([
-                    "bench",
-                    "sdk",
-                    "--n",
-                    &n.to_string(),
-                    "--mode",
-                    mode,
-                ]))?)
+        for setting in &cache_settings {
+            // Runners inherit the environment of this process (embedded mode's local backend).
+            match (*setting, &configured_cache) {
+                ("off", _) => std::env::set_var("PROOFJOBS_KEY_CACHE", "off"),
+                (_, Some(dir)) => std::env::set_var("PROOFJOBS_KEY_CACHE", dir),
+                (_, None) => std::env::remove_var("PROOFJOBS_KEY_CACHE"),
             }
-            Baseline::Bin(bin) => {
-                eprintln!("bench: fibonacci n={n}, mode {mode}: {} in a fresh process", bin.display());
-                let out = dir.path().join(format!("{mode}.baseline.proof"));
-                let mut command = std::process::Command::new(bin);
-                command.arg("--elf").arg(&elf).arg("--stdin").arg(&stdin_path).args(["--mode", mode]).arg("--out").arg(&out);
-                let result = run_baseline(&mut command)?;
-                if let Some(checker) = &checker {
-                    checker.check_network_proof(&out).with_context(|| format!("baseline {mode} proof"))?;
-                    eprintln!("bench: baseline {mode} proof verifies, tampered copy refused, public values match the executor's");
+            eprintln!("bench: fibonacci n={n}, mode {mode}, key cache {setting}: embedded pipeline");
+            let args = ProveArgs {
+                elf: elf.clone(),
+                stdin: Some(stdin_path.clone()),
+                mode: mode.to_string(),
+                out: dir.path().join(format!("{mode}.proof")),
+                deadline_secs: 0,
+                cycle_limit: 0,
+                idempotency_key: String::new(),
+                quiet: true,
+            };
+            let run = crate::prove_embedded_measured(&args, std::env::var_os("PROOFJOBS_BENCH_KEEP").is_some()).await?;
+            let proof = run.proof;
+            // Like the baseline's total: from the start to the proof in hand, teardown excluded.
+            let pipeline_s = run.proof_secs;
+            anyhow::ensure!(proof.status == "completed", "pipeline proof {}: {}", proof.status, proof.failure_cause);
+            cycles = proof.cycles;
+            if let Some(checker) = &checker {
+                checker.check_saved(&args.out).with_context(|| format!("pipeline {mode} proof"))?;
+                eprintln!("bench: pipeline {mode} proof verifies, tampered copy refused, public values match the executor's");
+            }
+            // One baseline per mode, after the last pipeline run of that mode.
+            let last_setting = setting == cache_settings.last().expect("checked non-empty");
+            let sdk = match &baseline {
+                Baseline::None => None,
+                _ if !last_setting => None,
+                Baseline::Sdk => {
+                    eprintln!("bench: fibonacci n={n}, mode {mode}: sp1-sdk CpuProver in a fresh process");
+                    Some(run_baseline(std::process::Command::new(std::env::current_exe()?).args([
+                        "bench",
+                        "sdk",
+                        "--n",
+                        &n.to_string(),
+                        "--mode",
+                        mode,
+                    ]))?)
                 }
-                Some(result)
-            }
-        };
-        rows.push(Row {
-            mode: mode.to_string(),
-            key_cache: setting.to_string(),
-            pipeline_s,
-            runner_rss_mb: run.runner_peak_rss_mb,
-            runner_gpu_mb: run.runner_peak_gpu_mb,
-            runner_init_s: run.worker_init_secs,
-            sdk,
-        });
-      }
+                Baseline::Bin(bin) => {
+                    eprintln!("bench: fibonacci n={n}, mode {mode}: {} in a fresh process", bin.display());
+                    let out = dir.path().join(format!("{mode}.baseline.proof"));
+                    let mut command = std::process::Command::new(bin);
+                    command.arg("--elf").arg(&elf).arg("--stdin").arg(&stdin_path).args(["--mode", mode]).arg("--out").arg(&out);
+                    let result = run_baseline(&mut command)?;
+                    if let Some(checker) = &checker {
+                        checker.check_network_proof(&out).with_context(|| format!("baseline {mode} proof"))?;
+                        eprintln!("bench: baseline {mode} proof verifies, tampered copy refused, public values match the executor's");
+                    }
+                    Some(result)
+                }
+            };
+            rows.push(Row {
+                mode: mode.to_string(),
+                key_cache: setting.to_string(),
+                pipeline_s,
+                runner_rss_mb: run.runner_peak_rss_mb,
+                runner_gpu_mb: run.runner_peak_gpu_mb,
+                runner_init_s: run.worker_init_secs,
+                sdk,
+            });
+        }
     }
     println!("fibonacci n={n} ({cycles} cycles), {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     let direct = match &baseline {
@@ -195,7 +195,10 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: Baseline, key_cache: &st
     let gpu = rows.iter().any(|r| r.runner_gpu_mb.is_some() || r.sdk.as_ref().is_some_and(|v| v["peak_gpu_mb"].is_u64()));
     println!("fibonacci: {mcycles} Mcycles requested; checks {}", if check { "passed" } else { "not run" });
     print!("| mode | key cache | proofjobs embedded (s) | {direct} direct (s) | ratio | runner peak RSS (GB) | {direct} peak RSS (GB) | runner prover init (s) | {direct} prover init (s) |");
-    println!("{}", if gpu { format!(" runner peak GPU (GB) | {direct} peak GPU (GB) | MHz (cycles/s, pipeline) |") } else { String::new() });
+    println!(
+        "{}",
+        if gpu { format!(" runner peak GPU (GB) | {direct} peak GPU (GB) | MHz (cycles/s, pipeline) |") } else { String::new() }
+    );
     println!("|---|---|---|---|---|---|---|---|---|{}", if gpu { "---|---|---|" } else { "" });
     // Every row of a mode compares against that mode's one baseline run.
     let baselines: std::collections::HashMap<String, serde_json::Value> =

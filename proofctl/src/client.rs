@@ -6,8 +6,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use proofjobs_api::proto::{
-    prover_service_client::ProverServiceClient, submit_request::Part, GetProofRequest, Proof, SubmitHeader,
-    SubmitRequest, WatchRequest,
+    prover_service_client::ProverServiceClient, submit_request::Part, GetProofRequest, Proof, SubmitHeader, SubmitRequest, WatchRequest,
 };
 use tonic::transport::Channel;
 

@@ -2,11 +2,19 @@
 //! temporary directory, a filesystem artifact store, the dispatcher with its local backend, and
 //! the api on a loopback port. The same code as a cluster, minus the cluster.
 
-use std::{path::{Path, PathBuf}, process::Command, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use proofjobs_api::{server, Intake, Limits};
-use proofjobs_dispatcher::{local::{default_runner_bin, LocalBackend}, Dispatcher, Placement, Policy};
+use proofjobs_dispatcher::{
+    local::{default_runner_bin, LocalBackend},
+    Dispatcher, Placement, Policy,
+};
 use proofjobs_pipeline::{
     artifacts::{ArtifactStore, StoreConfig},
     state::{Db, Notifications},
@@ -91,18 +99,16 @@ struct Postgres {
 }
 
 fn pg_binary(name: &str) -> Result<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
-        .unwrap_or_default();
+    let mut candidates: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect()).unwrap_or_default();
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin").join(name)).collect();
         versions.sort();
         candidates.extend(versions.into_iter().rev());
     }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .with_context(|| format!("PostgreSQL's {name} not found: embedded mode needs a PostgreSQL server installed (apt-get install postgresql)"))
+    candidates.into_iter().find(|p| p.is_file()).with_context(|| {
+        format!("PostgreSQL's {name} not found: embedded mode needs a PostgreSQL server installed (apt-get install postgresql)")
+    })
 }
 
 fn as_postgres_user(program: &Path, args: &[String]) -> Command {
@@ -157,7 +163,16 @@ impl Postgres {
         );
         let out = as_postgres_user(
             &pg_ctl,
-            &["-D".into(), data.display().to_string(), "-l".into(), parent.join("postgres.log").display().to_string(), "-w".into(), "-o".into(), options, "start".into()],
+            &[
+                "-D".into(),
+                data.display().to_string(),
+                "-l".into(),
+                parent.join("postgres.log").display().to_string(),
+                "-w".into(),
+                "-o".into(),
+                options,
+                "start".into(),
+            ],
         )
         .output()?;
         if !out.status.success() {
@@ -172,7 +187,9 @@ impl Postgres {
 
     fn stop(&self) {
         if let Ok(pg_ctl) = pg_binary("pg_ctl") {
-            let _ = as_postgres_user(&pg_ctl, &["-D".into(), self.data.display().to_string(), "-m".into(), "immediate".into(), "stop".into()]).output();
+            let _ =
+                as_postgres_user(&pg_ctl, &["-D".into(), self.data.display().to_string(), "-m".into(), "immediate".into(), "stop".into()])
+                    .output();
         }
     }
 }

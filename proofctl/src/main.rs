@@ -204,12 +204,7 @@ fn submission(args: &ProveArgs) -> client::Submission {
     } else {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + args.deadline_secs
     };
-    client::Submission {
-        mode: args.mode.clone(),
-        deadline,
-        cycle_limit: args.cycle_limit,
-        idempotency_key: args.idempotency_key.clone(),
-    }
+    client::Submission { mode: args.mode.clone(), deadline, cycle_limit: args.cycle_limit, idempotency_key: args.idempotency_key.clone() }
 }
 
 async fn prove_remote(api: &str, args: &ProveArgs) -> Result<Proof> {
@@ -263,9 +258,8 @@ pub async fn prove_embedded_measured(args: &ProveArgs, keep: bool) -> Result<Emb
     // Runners exit on their own a few seconds after their proof; their last lines (peak memory)
     // are what the benchmark reads, so give them that long before stopping them.
     for _ in 0..100 {
-        let running = std::fs::read_dir(&logs).map(|entries| {
-            entries.flatten().any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| !t.contains("runner exiting")))
-        });
+        let running = std::fs::read_dir(&logs)
+            .map(|entries| entries.flatten().any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| !t.contains("runner exiting"))));
         if !running.unwrap_or(false) {
             break;
         }
@@ -277,10 +271,8 @@ pub async fn prove_embedded_measured(args: &ProveArgs, keep: bool) -> Result<Emb
     // Read before shutdown, which removes the state directory (runners have exited by now unless
     // they are still writing key-cache entries; then their peak RSS is missing from the table).
     let worker_init_secs = runner_log_values(&logs, "SP1 worker ready", "secs=").into_iter().reduce(f64::max);
-    let runner_peak_rss_mb =
-        runner_log_values(&logs, "runner exiting", "peak_rss_mb=").into_iter().reduce(f64::max).map(|mb| mb as u64);
-    let runner_peak_gpu_mb =
-        runner_log_values(&logs, "GPU memory", "peak_gpu_mb=").into_iter().reduce(f64::max).map(|mb| mb as u64);
+    let runner_peak_rss_mb = runner_log_values(&logs, "runner exiting", "peak_rss_mb=").into_iter().reduce(f64::max).map(|mb| mb as u64);
+    let runner_peak_gpu_mb = runner_log_values(&logs, "GPU memory", "peak_gpu_mb=").into_iter().reduce(f64::max).map(|mb| mb as u64);
     env.shutdown().await;
     let (proof, proof_secs) = outcome?;
     Ok(EmbeddedRun { proof, proof_secs, worker_init_secs, runner_peak_rss_mb, runner_peak_gpu_mb })

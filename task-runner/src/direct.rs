@@ -19,10 +19,7 @@ use sp1_prover_types::network_base_types::ProofMode;
 
 /// Whether this process was started as `sp1-gpu-direct`.
 pub fn invoked() -> bool {
-    std::env::args_os()
-        .next()
-        .and_then(|arg0| std::path::Path::new(&arg0).file_name().map(|n| n == "sp1-gpu-direct"))
-        .unwrap_or(false)
+    std::env::args_os().next().and_then(|arg0| std::path::Path::new(&arg0).file_name().map(|n| n == "sp1-gpu-direct")).unwrap_or(false)
 }
 
 #[derive(Parser)]
@@ -69,9 +66,7 @@ async fn prove(args: Args) -> Result<()> {
         other => anyhow::bail!("the GPU baseline proves core or compressed, not {other}"),
     };
     let timings = sp1_gpu_cudart::run_in_place(|scope| async move {
-        let node = SP1LocalNodeBuilder::from_worker_client_builder(sp1_gpu_prover::cuda_worker_builder(scope).await)
-            .build()
-            .await?;
+        let node = SP1LocalNodeBuilder::from_worker_client_builder(sp1_gpu_prover::cuda_worker_builder(scope).await).build().await?;
         let init_s = started.elapsed().as_secs_f64();
         node.setup(&elf).await?;
         let setup_s = started.elapsed().as_secs_f64() - init_s;

@@ -68,13 +68,8 @@ impl FromStr for ProverKind {
 /// this with SP1's own answer on its card at start and warns when they differ.
 pub fn gpu_core_opts() -> SP1CoreOpts {
     let defaults = SP1CoreOpts::default();
-    let mut opts = SP1CoreOpts {
-        shard_size: 1 << 24,
-        global_dependencies_opt: true,
-        recompute_gkr_trace: false,
-        drop_ldes: false,
-        ..defaults
-    };
+    let mut opts =
+        SP1CoreOpts { shard_size: 1 << 24, global_dependencies_opt: true, recompute_gkr_trace: false, drop_ldes: false, ..defaults };
     opts.sharding_threshold.element_threshold = sp1_core_executor::ELEMENT_THRESHOLD;
     opts
 }

@@ -157,7 +157,10 @@ pub struct GpuMemoryPeak {
 #[cfg(feature = "cuda")]
 impl GpuMemoryPeak {
     pub fn start() -> Option<GpuMemoryPeak> {
-        use std::sync::{atomic::{AtomicBool, AtomicU64, Ordering}, Arc};
+        use std::sync::{
+            atomic::{AtomicBool, AtomicU64, Ordering},
+            Arc,
+        };
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return None;
         }

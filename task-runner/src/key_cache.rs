@@ -60,11 +60,7 @@ impl KeyStore {
 
     fn entry(&self, digest: &blake3::Hash) -> Entry {
         let name = digest.to_hex();
-        Entry {
-            digest: *digest.as_bytes(),
-            vk_path: self.dir.join(format!("{name}.vk")),
-            pk_path: self.dir.join(format!("{name}.pk")),
-        }
+        Entry { digest: *digest.as_bytes(), vk_path: self.dir.join(format!("{name}.vk")), pk_path: self.dir.join(format!("{name}.pk")) }
     }
 }
 
@@ -254,13 +250,7 @@ where
 {
     /// `store: None` passes every call through (the cache is switched off).
     pub fn new(inner: P, store: Option<KeyStore>) -> Self {
-        CachedAirProver {
-            inner: Arc::new(inner),
-            store,
-            stats: Arc::default(),
-            handed_out: Mutex::default(),
-            writing: Mutex::default(),
-        }
+        CachedAirProver { inner: Arc::new(inner), store, stats: Arc::default(), handed_out: Mutex::default(), writing: Mutex::default() }
     }
 
     pub fn stats(&self) -> &Arc<CacheStats> {
@@ -358,13 +348,14 @@ where
                 self.stats.loaded.fetch_add(1, Ordering::Relaxed);
                 return Arc::new(ProvingKey { vk: sidecar_vk, preprocessed_data });
             }
-            Ok(Err(e)) => tracing::warn!(entry = %self.entry.pk_path.display(), "recursion key cache entry refused ({e:#}); computing the key again"),
+            Ok(Err(e)) => {
+                tracing::warn!(entry = %self.entry.pk_path.display(), "recursion key cache entry refused ({e:#}); computing the key again")
+            }
             Err(e) => tracing::warn!("loading a recursion key: {e}; computing it again"),
         }
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
         self.entry.remove();
-        let (PreprocessedData { pk, permit }, recomputed_vk) =
-            self.inner.setup(self.program.clone(), ProverSemaphore::new(1)).await;
+        let (PreprocessedData { pk, permit }, recomputed_vk) = self.inner.setup(self.program.clone(), ProverSemaphore::new(1)).await;
         drop(permit);
         // The verifying key went to SP1 at start-up; a recomputed key must agree with it.
         assert!(recomputed_vk == *vk, "a recursion key recomputed from its program differs from its cached verifying key");
@@ -384,9 +375,8 @@ where
     P::PreprocessedData: Serialize,
 {
     tokio::task::spawn_blocking(move || {
-        let written = bincode::serialize(&pk.vk)
-            .map_err(anyhow::Error::from)
-            .and_then(|vk| entry.write(&pk.preprocessed_data, &vk, &heights));
+        let written =
+            bincode::serialize(&pk.vk).map_err(anyhow::Error::from).and_then(|vk| entry.write(&pk.preprocessed_data, &vk, &heights));
         match written {
             Ok(()) => {
                 stats.written.fetch_add(1, Ordering::Relaxed);
@@ -540,11 +530,8 @@ mod tests {
     }
 
     fn only_file(dir: &Path, extension: &str) -> PathBuf {
-        let mut files: Vec<PathBuf> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == extension))
-            .collect();
+        let mut files: Vec<PathBuf> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == extension)).collect();
         assert_eq!(files.len(), 1, "one .{extension} file in {}", dir.display());
         files.pop().unwrap()
     }

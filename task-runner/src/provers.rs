@@ -82,11 +82,7 @@ impl<A, W> CachedWorker<A, W> {
 }
 
 /// Builds the SP1 worker with cached recursion keys; `key_root: None` computes every key.
-pub async fn build_worker<A: ArtifactClient, W: WorkerClient>(
-    artifacts: A,
-    bus: W,
-    key_root: Option<&Path>,
-) -> Result<CachedWorker<A, W>> {
+pub async fn build_worker<A: ArtifactClient, W: WorkerClient>(artifacts: A, bus: W, key_root: Option<&Path>) -> Result<CachedWorker<A, W>> {
     let machine = RiscvAir::machine();
     let permits = ProverSemaphore::new(4);
     let core_verifier = CachedCpuComponents::core_verifier(machine.clone());
@@ -120,8 +116,7 @@ pub fn build_controller<A: ArtifactClient, W: WorkerClient>(artifacts: A, bus: W
     let mut config = SP1WorkerConfig::new(machine.clone());
     config.controller_config.opts = opts;
     let vks = RecursionVks::new(None, config.prover_config.recursion_prover_config.max_compose_arity, true);
-    let recursion_vks =
-        VerifierRecursionVks { root: vks.root(), vk_verification: vks.vk_verification(), num_keys: vks.num_keys() };
+    let recursion_vks = VerifierRecursionVks { root: vks.root(), vk_verification: vks.vk_verification(), num_keys: vks.num_keys() };
     let verifier = SP1Verifier::new_with_machine(recursion_vks, machine);
     SP1Controller::new(config.controller_config, artifacts, bus, verifier)
 }
@@ -180,9 +175,8 @@ impl<A: ArtifactClient, W: WorkerClient> StageProvers<A, W> {
             .get_or_init(|| async {
                 let started = Instant::now();
                 let (artifacts, bus, opts) = (self.artifacts.clone(), self.bus.clone(), self.core_opts.clone());
-                let controller = tokio::task::spawn_blocking(move || build_controller(artifacts, bus, opts))
-                    .await
-                    .expect("building the controller");
+                let controller =
+                    tokio::task::spawn_blocking(move || build_controller(artifacts, bus, opts)).await.expect("building the controller");
                 tracing::info!(secs = started.elapsed().as_secs_f64(), "SP1 controller ready");
                 controller
             })
@@ -224,18 +218,13 @@ impl<A: ArtifactClient, W: WorkerClient> StageProvers<A, W> {
                             }
                         }
                         let [hits, misses, rejected, loaded, written] = built.cache_counts();
-                        tracing::info!(
-                            secs = started.elapsed().as_secs_f64(),
-                            hits, misses, rejected, loaded, written,
-                            "SP1 worker ready"
-                        );
+                        tracing::info!(secs = started.elapsed().as_secs_f64(), hits, misses, rejected, loaded, written, "SP1 worker ready");
                         anyhow::Ok(ProvingWorker::Cpu(built))
                     }
                     #[cfg(feature = "cuda")]
                     Device::Gpu(scope) => {
                         tracing::info!("building SP1's CUDA worker");
-                        let worker =
-                            crate::engine::build_cuda_worker(self.artifacts.clone(), self.bus.clone(), scope.clone()).await?;
+                        let worker = crate::engine::build_cuda_worker(self.artifacts.clone(), self.bus.clone(), scope.clone()).await?;
                         tracing::info!(secs = started.elapsed().as_secs_f64(), prover = "cuda", "SP1 worker ready");
                         anyhow::Ok(ProvingWorker::Cuda(worker))
                     }

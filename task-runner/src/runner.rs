@@ -4,7 +4,10 @@
 //! checks its GPU first and exits 69 when the node cannot take the work (`gpu.rs`); it then lives
 //! inside one CUDA task, because SP1's CUDA provers keep using the task they were built in.
 
-use std::{sync::Arc, time::{Duration, Instant}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use proofjobs_pipeline::{

@@ -3,7 +3,10 @@
 
 use std::{
     path::Path,
-    sync::{atomic::{AtomicBool, Ordering}, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
 };
 
 use proofjobs_pipeline::{
@@ -12,12 +15,11 @@ use proofjobs_pipeline::{
     stage::Stage,
     state::{ClaimedTask, Db, ProofStatus, TaskState},
 };
+use proofjobs_task_runner::provers::StageProvers;
 use sp1_core_executor::{Program, SP1Context, SP1CoreOpts};
 use sp1_core_machine::io::SP1Stdin;
-use proofjobs_task_runner::provers::StageProvers;
 use sp1_prover::worker::{
-    execute_with_options, CoreExecuteTaskRequest, ProofId, RawTaskRequest, RequesterId, SP1ExecutorConfig,
-    TaskError, TaskId,
+    execute_with_options, CoreExecuteTaskRequest, ProofId, RawTaskRequest, RequesterId, SP1ExecutorConfig, TaskError, TaskId,
 };
 use sp1_prover_types::{Artifact, ArtifactClient, ArtifactType, TaskType};
 
@@ -40,7 +42,13 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    pub fn new(runner_id: String, stages: Vec<Stage>, db: Db, store: ArtifactStore, provers: StageProvers<ArtifactStore, PgBus>) -> TaskContext {
+    pub fn new(
+        runner_id: String,
+        stages: Vec<Stage>,
+        db: Db,
+        store: ArtifactStore,
+        provers: StageProvers<ArtifactStore, PgBus>,
+    ) -> TaskContext {
         TaskContext { runner_id, stages, db, store, provers, found_bad_input: AtomicBool::new(false) }
     }
 
@@ -214,21 +222,13 @@ impl TaskContext {
         let [program, stdin, ..] = inputs else {
             return Err(Failure::BadInput("the task names no program and stdin artifacts".into()));
         };
-        let elf: Vec<u8> = self
-            .store
-            .download_program(&Artifact(program.clone()))
-            .await
-            .map_err(|e| load_failure("program", program, e))?;
-        let program = Program::from(&elf)
-            .map_err(|e| Failure::BadInput(format!("the program is not a valid SP1 RISC-V ELF: {e}")))?;
+        let elf: Vec<u8> =
+            self.store.download_program(&Artifact(program.clone())).await.map_err(|e| load_failure("program", program, e))?;
+        let program = Program::from(&elf).map_err(|e| Failure::BadInput(format!("the program is not a valid SP1 RISC-V ELF: {e}")))?;
         let stdin_type = ArtifactType::Stdin;
-        let bytes = self
-            .store
-            .download_raw(&Artifact(stdin.clone()), stdin_type)
-            .await
-            .map_err(|e| load_failure("stdin", stdin, e))?;
-        let stdin: SP1Stdin = bincode::deserialize(&bytes)
-            .map_err(|e| Failure::BadInput(format!("stdin is not a bincode-serialized SP1Stdin: {e}")))?;
+        let bytes = self.store.download_raw(&Artifact(stdin.clone()), stdin_type).await.map_err(|e| load_failure("stdin", stdin, e))?;
+        let stdin: SP1Stdin =
+            bincode::deserialize(&bytes).map_err(|e| Failure::BadInput(format!("stdin is not a bincode-serialized SP1Stdin: {e}")))?;
         Ok((Arc::new(program), stdin))
     }
 
@@ -253,10 +253,7 @@ impl TaskContext {
             self.store.upload(&Artifact(out.clone()), (cycles as u64, pv.clone())).await.map_err(retryable)?;
         }
         self.record_success(task).await?;
-        self.db
-            .finish_proof(&task.proof_id, ProofStatus::Completed, None, Some(cycles), Some(&pv))
-            .await
-            .map_err(retryable)?;
+        self.db.finish_proof(&task.proof_id, ProofStatus::Completed, None, Some(cycles), Some(&pv)).await.map_err(retryable)?;
         Ok(())
     }
 }
@@ -332,8 +329,7 @@ fn check_circuit_artifacts(system: &str) -> Result<(), String> {
         sp1_prover::build::groth16_circuit_artifacts_dir()
     }
     .map_err(|e| format!("cannot locate the {system} circuit artifacts: {e}"))?;
-    let installed = Path::new(&dir).is_dir()
-        && std::fs::read_dir(&dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+    let installed = Path::new(&dir).is_dir() && std::fs::read_dir(&dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
     if installed {
         return Ok(());
     }

@@ -40,7 +40,12 @@ pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> St
     cmd.args(args).env("KUBECONFIG", kubeconfig);
     let out = if let Some(input) = stdin {
         use std::io::Write;
-        let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     } else {
@@ -76,10 +81,7 @@ impl Default for KubeOptions {
         KubeOptions {
             placement: "per-stage",
             capacity_wait_secs: 600,
-            pools: vec![
-                "cpu:min=1,max=2,cpu=16,memory=64Gi".into(),
-                "gpu:min=0,max=2,cpu=16,memory=64Gi,gpus=1".into(),
-            ],
+            pools: vec!["cpu:min=1,max=2,cpu=16,memory=64Gi".into(), "gpu:min=0,max=2,cpu=16,memory=64Gi,gpus=1".into()],
             idle_secs: 5,
             dispatcher_env: Vec::new(),
         }
@@ -96,7 +98,12 @@ impl KubeEnv {
         let manifest = manifest.replace("namespace: proofjobs", &format!("namespace: {namespace}"));
         kubectl_with(&admin_kubeconfig(), &["apply", "-f", "-"], Some(&manifest));
         kubectl(&[
-            "-n", &namespace, "create", "secret", "generic", "proofjobs-runner",
+            "-n",
+            &namespace,
+            "create",
+            "secret",
+            "generic",
+            "proofjobs-runner",
             &format!("--from-literal=database-url={db_url}"),
             &format!("--from-literal=artifact-store={store_url}"),
         ]);
@@ -198,9 +205,14 @@ impl KubeEnv {
     /// Jobs of a proof as `kubectl get jobs -L stage,progress` shows them.
     pub fn jobs_view(&self, proof_id: &str) -> String {
         kubectl(&[
-            "-n", &self.namespace, "get", "jobs", "-l",
+            "-n",
+            &self.namespace,
+            "get",
+            "jobs",
+            "-l",
             &format!("proofjobs.io/proof={}", proofjobs_dispatcher::kubernetes::job_spec::proof_label(proof_id)),
-            "-L", "proofjobs.io/stage,proofjobs.io/progress",
+            "-L",
+            "proofjobs.io/stage,proofjobs.io/progress",
         ])
     }
 
@@ -211,8 +223,15 @@ impl KubeEnv {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let out = kubectl(&[
-                "-n", &self.namespace, "get", "events", "--field-selector", &format!("involvedObject.name={object}"),
-                "--sort-by=.metadata.creationTimestamp", "-o", "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+                "-n",
+                &self.namespace,
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={object}"),
+                "--sort-by=.metadata.creationTimestamp",
+                "-o",
+                "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
             ]);
             let reasons: Vec<String> = out.lines().map(str::to_string).collect();
             if reasons.iter().any(|r| r == expected) || Instant::now() > deadline {
@@ -224,7 +243,13 @@ impl KubeEnv {
 
     pub fn job_names(&self, proof_id: &str) -> Vec<String> {
         let out = kubectl(&[
-            "-n", &self.namespace, "get", "jobs", "-o", "name", "-l",
+            "-n",
+            &self.namespace,
+            "get",
+            "jobs",
+            "-o",
+            "name",
+            "-l",
             &format!("proofjobs.io/proof={}", proofjobs_dispatcher::kubernetes::job_spec::proof_label(proof_id)),
         ]);
         let mut names: Vec<String> = out.lines().map(|l| l.trim_start_matches("job.batch/").to_string()).collect();

@@ -38,7 +38,11 @@ pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test binary>, or target/<profile>/<tool such as kube-bench>
     let dir = exe.parent().unwrap();
-    if dir.ends_with("deps") { dir.parent().unwrap().to_path_buf() } else { dir.to_path_buf() }
+    if dir.ends_with("deps") {
+        dir.parent().unwrap().to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -317,7 +321,13 @@ pub async fn verify_strictly(elf: &[u8], other_elf: &[u8], proof_path: &Path) ->
 }
 
 /// The Submit stream of a proof request: header, then program and stdin in one chunk each.
-pub fn submit_messages(mode: &str, program: &[u8], stdin: &[u8], deadline: u64, cycle_limit: u64) -> Vec<proofjobs_api::proto::SubmitRequest> {
+pub fn submit_messages(
+    mode: &str,
+    program: &[u8],
+    stdin: &[u8],
+    deadline: u64,
+    cycle_limit: u64,
+) -> Vec<proofjobs_api::proto::SubmitRequest> {
     use proofjobs_api::proto::{submit_request::Part, SubmitHeader, SubmitRequest};
     let mut messages = vec![SubmitRequest {
         part: Some(Part::Header(SubmitHeader {
@@ -387,7 +397,14 @@ pub async fn submit(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8],
     submit_limited(cluster, mode, program, stdin, deadline, 0).await
 }
 
-pub async fn submit_limited(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8], deadline: u64, cycle_limit: u64) -> Result<String, tonic::Status> {
+pub async fn submit_limited(
+    cluster: &Cluster,
+    mode: &str,
+    program: &[u8],
+    stdin: &[u8],
+    deadline: u64,
+    cycle_limit: u64,
+) -> Result<String, tonic::Status> {
     let mut client = cluster.client().await;
     client
         .submit(futures::stream::iter(submit_messages(mode, program, stdin, deadline, cycle_limit)))

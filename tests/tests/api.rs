@@ -3,9 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use proofjobs_api::proto::{
-    submit_request::Part, CancelRequest, GetProofRequest, GetRequest, ListRequest,
-};
+use proofjobs_api::proto::{submit_request::Part, CancelRequest, GetProofRequest, GetRequest, ListRequest};
 use proofjobs_tests::*;
 use sp1_prover_types::cluster::{cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest};
 use tonic::Code;
@@ -45,12 +43,32 @@ async fn bad_input_gets_a_precise_status_and_harms_nothing() {
     let good_stdin = fibonacci_stdin(1000);
 
     let cases: Vec<(&str, Result<String, tonic::Status>, Code, &str)> = vec![
-        ("garbage ELF", submit(&cluster, "core", b"\x7fELF this is not a program", &good_stdin, 0).await, Code::InvalidArgument, "not a valid SP1 RISC-V ELF"),
+        (
+            "garbage ELF",
+            submit(&cluster, "core", b"\x7fELF this is not a program", &good_stdin, 0).await,
+            Code::InvalidArgument,
+            "not a valid SP1 RISC-V ELF",
+        ),
         ("empty program", submit(&cluster, "core", b"", &good_stdin, 0).await, Code::InvalidArgument, "program is empty"),
-        ("stdin over the limit", submit(&cluster, "core", FIBONACCI_ELF, &vec![0u8; 5000], 0).await, Code::ResourceExhausted, "over this server's limit of 4096"),
-        ("undecodable stdin", submit(&cluster, "core", FIBONACCI_ELF, &[1, 2, 3], 0).await, Code::InvalidArgument, "not a bincode-serialized SP1Stdin"),
+        (
+            "stdin over the limit",
+            submit(&cluster, "core", FIBONACCI_ELF, &vec![0u8; 5000], 0).await,
+            Code::ResourceExhausted,
+            "over this server's limit of 4096",
+        ),
+        (
+            "undecodable stdin",
+            submit(&cluster, "core", FIBONACCI_ELF, &[1, 2, 3], 0).await,
+            Code::InvalidArgument,
+            "not a bincode-serialized SP1Stdin",
+        ),
         ("unknown mode", submit(&cluster, "turbo", FIBONACCI_ELF, &good_stdin, 0).await, Code::InvalidArgument, "unknown mode \"turbo\""),
-        ("deadline already past", submit(&cluster, "core", FIBONACCI_ELF, &good_stdin, now() - 10).await, Code::InvalidArgument, "already past"),
+        (
+            "deadline already past",
+            submit(&cluster, "core", FIBONACCI_ELF, &good_stdin, now() - 10).await,
+            Code::InvalidArgument,
+            "already past",
+        ),
     ];
     for (what, result, code, needle) in cases {
         let status = result.err().unwrap_or_else(|| panic!("{what}: accepted"));
@@ -178,7 +196,16 @@ fn task_runner_exit_codes_follow_the_contract() {
     assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
     // Transient: the state store is unreachable.
     let out = std::process::Command::new(&runner)
-        .args(["--proof", "p", "--stages", "execute", "--database-url", "postgres://x@127.0.0.1:1/x", "--artifact-store", "file:///tmp/proofjobs-exit-test"])
+        .args([
+            "--proof",
+            "p",
+            "--stages",
+            "execute",
+            "--database-url",
+            "postgres://x@127.0.0.1:1/x",
+            "--artifact-store",
+            "file:///tmp/proofjobs-exit-test",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
@@ -195,11 +222,8 @@ async fn an_undecodable_stdin_uploaded_by_a_cluster_client_fails_the_proof_with_
     assert_eq!(proof.status, "failed");
     assert!(proof.failure_cause.contains("stdin is not a bincode-serialized SP1Stdin"), "{}", proof.failure_cause);
     let db = cluster.db.db().await;
-    let codes: Vec<Option<i32>> = sqlx::query_scalar("SELECT exit_code FROM runners WHERE proof_id = $1")
-        .bind(&proof_id)
-        .fetch_all(db.pool())
-        .await
-        .unwrap();
+    let codes: Vec<Option<i32>> =
+        sqlx::query_scalar("SELECT exit_code FROM runners WHERE proof_id = $1").bind(&proof_id).fetch_all(db.pool()).await.unwrap();
     assert_eq!(codes, vec![Some(65)], "one runner, exit 65, no retry");
     cluster.shutdown().await;
 }

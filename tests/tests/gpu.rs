@@ -47,10 +47,7 @@ async fn a_cuda_runner_on_a_node_without_a_suitable_gpu_exits_69_and_records_why
     let reason = db.runner_error(&runner_id).await.unwrap().expect("the runner recorded why it left");
     assert!(stderr.contains(&reason), "the log says what the row says:\n{stderr}\n{reason}");
     match gpu_listing() {
-        Err(_) => assert!(
-            reason.starts_with("no usable GPU on this node: the NVIDIA driver library (libcuda.so.1)"),
-            "{reason}"
-        ),
+        Err(_) => assert!(reason.starts_with("no usable GPU on this node: the NVIDIA driver library (libcuda.so.1)"), "{reason}"),
         Ok(_) => assert!(reason.contains("100000.0 GiB this stage needs"), "{reason}"),
     }
     // Nothing was claimed: the task waits for a runner on a node that qualifies.

@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::{api::{DeleteParams, PostParams}, Api};
+use kube::{
+    api::{DeleteParams, PostParams},
+    Api,
+};
 use proofjobs_api::proto::{GetProofRequest, GetRequest};
 use proofjobs_dispatcher::{
     backend::RunnerSpec,
@@ -62,7 +65,10 @@ async fn every_stage_job_of_every_mode_is_accepted_by_the_apiserver() {
                         job.metadata.name = Some(format!("{}-s", spec.runner_id));
                     }
                     let name = job.metadata.name.clone().unwrap();
-                    let back = jobs.create(&PostParams::default(), &job).await.unwrap_or_else(|e| panic!("{name} ({}) rejected: {e}", mode.as_str()));
+                    let back = jobs
+                        .create(&PostParams::default(), &job)
+                        .await
+                        .unwrap_or_else(|e| panic!("{name} ({}) rejected: {e}", mode.as_str()));
                     let labels = back.metadata.labels.unwrap();
                     assert_eq!(labels["proofjobs.io/stage"], group_name(&group));
                     assert_eq!(back.spec.unwrap().pod_failure_policy.unwrap().rules.len(), 3);
@@ -114,7 +120,15 @@ async fn stage_jobs_run_real_runners_and_bad_input_fails_without_retry() {
     assert!(proof.failure_cause.contains("stdin is not a bincode-serialized SP1Stdin"), "{}", proof.failure_cause);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(env.job_names(&bad), vec![job_name(&bad, "execute", 0)], "no retry Job for bad input");
-    let status = kubectl(&["-n", &env.namespace, "get", "job", &job_name(&bad, "execute", 0), "-o", "jsonpath={.status.failed}/{.status.conditions[?(@.type==\"Failed\")].reason}"]);
+    let status = kubectl(&[
+        "-n",
+        &env.namespace,
+        "get",
+        "job",
+        &job_name(&bad, "execute", 0),
+        "-o",
+        "jsonpath={.status.failed}/{.status.conditions[?(@.type==\"Failed\")].reason}",
+    ]);
     assert_eq!(status, "1/PodFailurePolicy", "one pod, failed by the exit-65 rule");
     // `kubectl describe job` tells the story: created, then the proof failed with the cause.
     let reasons = env.event_reasons(&job_name(&bad, "execute", 0), "ProofFailed");
@@ -167,7 +181,16 @@ async fn a_killed_runner_a_deleted_job_and_a_lost_node_do_not_fail_the_proof() {
     let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
     let pid = wait_runner_process(&id, Duration::from_secs(60)).await;
     let job = job_name(&id, "execute", 0);
-    let node = kubectl(&["-n", &env.namespace, "get", "pods", "-l", &format!("batch.kubernetes.io/job-name={job}"), "-o", "jsonpath={.items[0].spec.nodeName}"]);
+    let node = kubectl(&[
+        "-n",
+        &env.namespace,
+        "get",
+        "pods",
+        "-l",
+        &format!("batch.kubernetes.io/job-name={job}"),
+        "-o",
+        "jsonpath={.items[0].spec.nodeName}",
+    ]);
     assert!(!node.is_empty());
     kubectl(&["delete", "node", &node, "--wait=false"]);
     let gone = Instant::now();
@@ -206,8 +229,15 @@ async fn gpu_jobs_follow_the_queue_within_caps_and_capacity_wait_fails_the_proof
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let ids: Vec<String> = ["a", "b", "c"].iter().map(|p| format!("cap-{p}-{suffix}")).collect();
     let job = |id: &str| {
-        kubectl(&["-n", &env.namespace, "get", "job", &job_name(id, "prove-core", 0), "-o",
-            "jsonpath={.spec.parallelism}/{.spec.suspend}/{.metadata.labels.proofjobs\\.io/waiting}"])
+        kubectl(&[
+            "-n",
+            &env.namespace,
+            "get",
+            "job",
+            &job_name(id, "prove-core", 0),
+            "-o",
+            "jsonpath={.spec.parallelism}/{.spec.suspend}/{.metadata.labels.proofjobs\\.io/waiting}",
+        ])
     };
     // One at a time, each Job settled before the next proof arrives, so the caps' order is known.
     for (id, tasks, parallelism) in [(&ids[0], 8, "2/"), (&ids[1], 1, "1/"), (&ids[2], 1, "1/")] {
@@ -245,7 +275,11 @@ async fn gpu_jobs_follow_the_queue_within_caps_and_capacity_wait_fails_the_proof
     for id in &ids[1..] {
         let proof = wait_finished(&mut client, id, Duration::from_secs(120)).await.unwrap();
         assert_eq!(proof.status, "failed");
-        assert!(proof.failure_cause.contains("waiting for capacity") && proof.failure_cause.contains("prove-core"), "{}", proof.failure_cause);
+        assert!(
+            proof.failure_cause.contains("waiting for capacity") && proof.failure_cause.contains("prove-core"),
+            "{}",
+            proof.failure_cause
+        );
         assert_eq!(env.job_names(id), vec![job_name(id, "prove-core", 0)], "no twin after the restart");
     }
     cluster.shutdown().await;
@@ -270,8 +304,15 @@ async fn a_gpu_job_shows_the_gpu_its_pod_found() {
     db.set_runner_device(&pod, device).await.unwrap();
     db.runner_exited(&pod, Some(0), None).await.unwrap();
     let shown = || {
-        kubectl(&["-n", &env.namespace, "get", "job", &name, "-o",
-            "jsonpath={.metadata.labels.proofjobs\\.io/gpu}|{.metadata.annotations.proofjobs\\.io/gpu}"])
+        kubectl(&[
+            "-n",
+            &env.namespace,
+            "get",
+            "job",
+            &name,
+            "-o",
+            "jsonpath={.metadata.labels.proofjobs\\.io/gpu}|{.metadata.annotations.proofjobs\\.io/gpu}",
+        ])
     };
     let started = Instant::now();
     while shown() != format!("NVIDIA-H200|{device}") {

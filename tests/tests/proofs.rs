@@ -1,7 +1,10 @@
 //! Real SP1 proofs through the whole pipeline, verified with the stock sp1-sdk verifier. Each
 //! test holds the prover lock: one SP1 prover at a time.
 
-use std::{path::Path, time::{Duration, Instant}};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use proofjobs_api::proto::{submit_request::Part, GetProofRequest, GetRequest, SubmitHeader, SubmitRequest, WatchRequest};
 use proofjobs_tests::*;
@@ -33,11 +36,7 @@ fn prove_embedded(elf: &Path, stdin: &Path, mode: &str, out: &Path, key_cache: &
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr).to_string();
-    assert!(
-        result.status.success(),
-        "proofctl prove --mode {mode} failed:\n{}\n{stderr}",
-        String::from_utf8_lossy(&result.stdout),
-    );
+    assert!(result.status.success(), "proofctl prove --mode {mode} failed:\n{}\n{stderr}", String::from_utf8_lossy(&result.stdout),);
     eprintln!("embedded {mode} proof (key cache {key_cache}) in {:.0} s", started.elapsed().as_secs_f64());
     let kept = stderr.lines().find_map(|l| l.strip_prefix("embedded: state kept in ")).expect("--keep names the state dir");
     let kept = Path::new(kept.trim());
@@ -76,7 +75,11 @@ async fn embedded_proofs_verify_with_sp1_sdk_with_and_without_the_key_cache() {
         let proof = verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &out).await.unwrap();
         assert_eq!(proof.public_values.to_vec(), proofjobs_guests::fibonacci_public_values(n));
         let expected = if mode == "core" { "Core" } else { "Compressed" };
-        assert!(format!("{:?}", proof.proof).starts_with(expected), "{mode} proof is {}", format!("{:?}", proof.proof).chars().take(20).collect::<String>());
+        assert!(
+            format!("{:?}", proof.proof).starts_with(expected),
+            "{mode} proof is {}",
+            format!("{:?}", proof.proof).chars().take(20).collect::<String>()
+        );
         if let sp1_sdk::SP1Proof::Compressed(inner) = proof.proof {
             compressed.push((inner.vk.clone(), proof.public_values.to_vec()));
         }
@@ -214,9 +217,14 @@ async fn sp1_cluster_client_gets_a_verifying_proof() {
     let stored: Vec<u8> = redis::cmd("GET").arg(&proof_artifact).query_async(&mut conn).await.unwrap();
     let proof: sp1_prover::worker::ProofFromNetwork = bincode::deserialize(&zstd::decode_all(stored.as_slice()).unwrap()).unwrap();
     let path = cluster.dir.path().join("cluster.proof");
-    sp1_sdk::SP1ProofWithPublicValues { proof: proof.proof, public_values: proof.public_values, sp1_version: proof.sp1_version, tee_proof: None }
-        .save(&path)
-        .unwrap();
+    sp1_sdk::SP1ProofWithPublicValues {
+        proof: proof.proof,
+        public_values: proof.public_values,
+        sp1_version: proof.sp1_version,
+        tee_proof: None,
+    }
+    .save(&path)
+    .unwrap();
     verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
     cluster.shutdown().await;
 }

@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        batch::v1::{Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule},
+        batch::v1::{
+            Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyOnPodConditionsPattern,
+            PodFailurePolicyRule,
+        },
         core::v1::{
-            Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, EnvVarSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
+            Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
             ResourceRequirements, SecretKeySelector, Toleration, Volume, VolumeMount,
         },
     },
@@ -75,7 +78,11 @@ impl JobSettings {
 /// dispatcher finds the Job it created instead of making a twin.
 pub fn job_name(proof_id: &str, group_name: &str, attempt: u32) -> String {
     let base = format!("{}-{}", proofjobs_pipeline::ids::short_proof_id(proof_id), group_name);
-    if attempt == 0 { base } else { format!("{base}-a{attempt}") }
+    if attempt == 0 {
+        base
+    } else {
+        format!("{base}-a{attempt}")
+    }
 }
 
 /// The proof label's value: the proof id when it is a valid label value, else its short id (the
@@ -86,7 +93,11 @@ pub fn proof_label(proof_id: &str) -> String {
         && proof_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && proof_id.starts_with(|c: char| c.is_ascii_alphanumeric())
         && proof_id.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if valid { proof_id.to_string() } else { proofjobs_pipeline::ids::short_proof_id(proof_id) }
+    if valid {
+        proof_id.to_string()
+    } else {
+        proofjobs_pipeline::ids::short_proof_id(proof_id)
+    }
 }
 
 pub const PROOF_ID_ANNOTATION: &str = "proofjobs.io/proof-id";
@@ -177,10 +188,7 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         // POSIX shared memory of the executor; Kubernetes' default /dev/shm is 64 MB.
         Volume {
             name: "dshm".into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: Some("Memory".into()),
-                size_limit: Some(Quantity(settings.shm_size.clone())),
-            }),
+            empty_dir: Some(EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: Some(Quantity(settings.shm_size.clone())) }),
             ..Default::default()
         },
     ];
@@ -193,10 +201,8 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         });
     }
 
-    let mut quantities = BTreeMap::from([
-        ("cpu".to_string(), Quantity(profile.cpu.clone())),
-        ("memory".to_string(), Quantity(profile.memory.clone())),
-    ]);
+    let mut quantities =
+        BTreeMap::from([("cpu".to_string(), Quantity(profile.cpu.clone())), ("memory".to_string(), Quantity(profile.memory.clone()))]);
     let mut limits = BTreeMap::from([("memory".to_string(), Quantity(profile.memory.clone()))]);
     let mut tolerations = profile.tolerations.clone();
     if profile.gpus > 0 {
@@ -210,7 +216,6 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
             ..Default::default()
         });
     }
-
 
     let container = Container {
         name: CONTAINER.into(),
@@ -357,7 +362,10 @@ mod tests {
 
     #[test]
     fn a_gpu_profile_picks_the_cuda_image_and_passes_its_memory_floor() {
-        let profiles = StageProfiles::parse(r#"{"prove-core": {"gpus": 1, "cpu": "8", "memory": "48Gi", "image": "proofjobs/task-runner-cuda:dev", "gpuMinFreeGib": 40}}"#).unwrap();
+        let profiles = StageProfiles::parse(
+            r#"{"prove-core": {"gpus": 1, "cpu": "8", "memory": "48Gi", "image": "proofjobs/task-runner-cuda:dev", "gpuMinFreeGib": 40}}"#,
+        )
+        .unwrap();
         let spec = spec(vec![Stage::ProveCore]);
         let job = build_job(&spec, profiles.get(Stage::ProveCore), &JobSettings::for_tests("ns"), false);
         let v = serde_json::to_value(&job).unwrap();

@@ -36,8 +36,8 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use self::{
     job_spec::{build_job, job_name, JobSettings, GPU_RESOURCE, POD_BACKEND},
-    view::{JobView, Waiting},
     profiles::StageProfiles,
+    view::{JobView, Waiting},
 };
 use crate::backend::{Backend, Ended, GroupLoad, Note, RunnerSpec};
 
@@ -110,7 +110,19 @@ impl KubeBackend {
             .with_context(|| format!("listing Jobs and pods in namespace {ns} took over 60 s (is the apiserver reachable?)"))?
             .context("watch ended before its first listing")?;
         tracing::info!(namespace = %ns, jobs = jobs.state().len(), pods = pods.state().len(), "kubernetes backend watching");
-        Ok(KubeBackend { jobs_api, pods_api, recorder, jobs, pods, changed, settings, db, granted: Mutex::new(HashMap::new()), seen: Mutex::default(), watchers })
+        Ok(KubeBackend {
+            jobs_api,
+            pods_api,
+            recorder,
+            jobs,
+            pods,
+            changed,
+            settings,
+            db,
+            granted: Mutex::new(HashMap::new()),
+            seen: Mutex::default(),
+            watchers,
+        })
     }
 
     fn job(&self, name: &str) -> Option<Arc<Job>> {
@@ -151,7 +163,9 @@ impl KubeBackend {
             .iter()
             .filter_map(|pod| {
                 let conditions = pod.status.as_ref()?.conditions.as_ref()?;
-                let c = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))?;
+                let c = conditions
+                    .iter()
+                    .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))?;
                 let since = c.last_transition_time.as_ref().or(pod.metadata.creation_timestamp.as_ref())?.0;
                 Duration::try_from(now.duration_since(since)).ok()
             })
@@ -216,7 +230,11 @@ where
 
 /// The Job a runner row stands for: its handle once launched (the id is the same name).
 fn job_of(runner: &RunnerRow) -> &str {
-    if runner.handle.is_empty() { &runner.id } else { &runner.handle }
+    if runner.handle.is_empty() {
+        &runner.id
+    } else {
+        &runner.handle
+    }
 }
 
 fn age(row: &RunnerRow) -> Duration {
@@ -227,12 +245,7 @@ fn job_gpus(job: &Job) -> u32 {
     job.spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
-        .map(|p| {
-            p.containers
-                .iter()
-                .filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get(GPU_RESOURCE)?.0.parse::<u32>().ok())
-                .sum()
-        })
+        .map(|p| p.containers.iter().filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get(GPU_RESOURCE)?.0.parse::<u32>().ok()).sum())
         .unwrap_or(0)
 }
 
@@ -409,11 +422,7 @@ impl Backend for KubeBackend {
             (current.max(wanted), false)
         };
         let waiting_for = if suspend { None } else { self.unschedulable_for(&name) };
-        let waiting = if suspend {
-            Some(Waiting::Queued)
-        } else {
-            waiting_for.map(|_| Waiting::ForCapacity)
-        };
+        let waiting = if suspend { Some(Waiting::Queued) } else { waiting_for.map(|_| Waiting::ForCapacity) };
         let was_waiting = labels_now.get(labels::WAITING).cloned();
         let view = JobView { progress, waiting, gpu, parallelism: parallelism as i32, suspend };
         self.show(&job, &view).await?;
@@ -450,7 +459,10 @@ impl KubeBackend {
             return Ok(());
         }
         let params = PatchParams::apply(view::VIEW_MANAGER).force();
-        self.jobs_api.patch(&name, &params, &Patch::Apply(&view.apply_body(&name))).await.with_context(|| format!("updating Job {name}"))?;
+        self.jobs_api
+            .patch(&name, &params, &Patch::Apply(&view.apply_body(&name)))
+            .await
+            .with_context(|| format!("updating Job {name}"))?;
         Ok(())
     }
 

@@ -69,7 +69,8 @@ impl Default for StageProfiles {
 impl StageProfiles {
     /// Parse `{"<stage>": {profile}, ...}`; unknown stage names are an error, not a silent no-op.
     pub fn parse(json: &str) -> Result<StageProfiles> {
-        let raw: BTreeMap<String, StageProfile> = serde_json::from_str(json).context("stage profiles are not valid JSON of the expected shape")?;
+        let raw: BTreeMap<String, StageProfile> =
+            serde_json::from_str(json).context("stage profiles are not valid JSON of the expected shape")?;
         let mut profiles = StageProfiles::default();
         for (name, profile) in raw {
             let stage = name.parse::<Stage>().map_err(anyhow::Error::msg)?;
@@ -102,8 +103,16 @@ impl StageProfiles {
 
 /// A memory quantity in bytes, for comparisons only (Ki/Mi/Gi/Ti and k/M/G/T suffixes).
 fn bytes(q: &str) -> u128 {
-    let units: [(&str, u128); 8] =
-        [("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("k", 1_000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000)];
+    let units: [(&str, u128); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
     for (suffix, factor) in units {
         if let Some(n) = q.strip_suffix(suffix) {
             return n.trim().parse::<u128>().unwrap_or(0) * factor;

@@ -141,7 +141,8 @@ mod tests {
 
     #[test]
     fn a_failed_jobs_exit_code_comes_from_its_pods() {
-        let pods = [pod(Some((75, "2026-11-30T01:00:00Z"))), pod(Some((65, "2026-11-30T01:00:05Z"))), pod(Some((0, "2026-11-30T01:00:09Z")))];
+        let pods =
+            [pod(Some((75, "2026-11-30T01:00:00Z"))), pod(Some((65, "2026-11-30T01:00:05Z"))), pod(Some((0, "2026-11-30T01:00:09Z")))];
         assert_eq!(deciding_exit_code(&pods), Some(65));
         assert_eq!(deciding_exit_code(&[pod(None)]), None);
         assert_eq!(deciding_exit_code(&[]), None);

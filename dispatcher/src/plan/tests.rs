@@ -123,7 +123,10 @@ fn bad_input_and_bad_configuration_fail_the_proof_with_the_runners_words() {
 fn hand_backs_are_held_back_without_counting_as_failures() {
     for code in [69, 75] {
         let actions = plan(&snapshot(vec![proof("p", CORE)], vec![ended(row("r", "p", CORE), Some(code))]), &per_stage());
-        assert!(actions.contains(&Action::HoldBack { proof_id: "p".into(), stages: CORE.to_vec(), counted: false, until: at(NOW + 1) }), "{actions:?}");
+        assert!(
+            actions.contains(&Action::HoldBack { proof_id: "p".into(), stages: CORE.to_vec(), counted: false, until: at(NOW + 1) }),
+            "{actions:?}"
+        );
         assert!(failure(&actions, "p").is_none());
         assert!(launches(&actions).is_empty(), "held back: no runner until the backoff passes");
     }
@@ -135,7 +138,10 @@ fn crashes_are_counted_and_backed_off_exponentially() {
         let mut snap = snapshot(vec![proof("p", CORE)], vec![ended(row("r", "p", CORE), code)]);
         snap.groups = vec![group("p", CORE, 1, 0, None, 2)];
         let actions = plan(&snap, &per_stage());
-        assert!(actions.contains(&Action::HoldBack { proof_id: "p".into(), stages: CORE.to_vec(), counted: true, until: at(NOW + 2) }), "{code:?}: {actions:?}");
+        assert!(
+            actions.contains(&Action::HoldBack { proof_id: "p".into(), stages: CORE.to_vec(), counted: true, until: at(NOW + 2) }),
+            "{code:?}: {actions:?}"
+        );
     }
     assert_eq!(backoff(1), Duration::from_secs(1));
     assert_eq!(backoff(3), Duration::from_secs(4));
@@ -213,7 +219,10 @@ fn a_hung_runner_is_stopped_its_tasks_handed_on_and_counted() {
     hung.heartbeat_at = Some(at(NOW - 121));
     let actions = plan(&snapshot(vec![proof("p", &[])], vec![live(hung.clone())]), &per_stage());
     assert!(matches!(&actions[0], Action::StopRunner { runner, .. } if runner.id == "r"), "{actions:?}");
-    assert!(matches!(&actions[1], Action::CloseRunner { error: Some(e), exit_code: None, .. } if e.contains("no heartbeat for 121 s")), "{actions:?}");
+    assert!(
+        matches!(&actions[1], Action::CloseRunner { error: Some(e), exit_code: None, .. } if e.contains("no heartbeat for 121 s")),
+        "{actions:?}"
+    );
     assert!(matches!(&actions[2], Action::Tell { note, .. } if note.reason == "Hung" && note.warning), "{actions:?}");
     assert!(matches!(&actions[3], Action::HoldBack { counted: true, .. }), "{actions:?}");
     // A backend whose rows carry no heartbeats (Kubernetes Jobs) is not judged by them.
@@ -270,7 +279,13 @@ fn an_exit_the_runner_recorded_itself_counts_before_the_backend_sees_it() {
 #[test]
 fn operators_are_told_why_a_group_is_retried_or_its_proof_failed() {
     let notes = |actions: &[Action]| -> Vec<(&'static str, String)> {
-        actions.iter().filter_map(|a| match a { Action::Tell { note, .. } => Some((note.reason, note.message.clone())), _ => None }).collect()
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Tell { note, .. } => Some((note.reason, note.message.clone())),
+                _ => None,
+            })
+            .collect()
     };
     let actions = plan(&snapshot(vec![proof("p", CORE)], vec![ended(row("r", "p", CORE), Some(75))]), &per_stage());
     let told = notes(&actions);

@@ -26,8 +26,7 @@ pub const BLOCKING_THRESHOLD: usize = 64 * 1024;
 pub fn encode(data: &[u8]) -> Result<Vec<u8>> {
     let bound = zstd::zstd_safe::compress_bound(data.len());
     let mut out = Vec::with_capacity(bound + 32);
-    let mut enc = zstd::stream::Encoder::new(&mut out, LEVEL)
-        .map_err(|e| StoreError::Other(format!("zstd encoder: {e}")))?;
+    let mut enc = zstd::stream::Encoder::new(&mut out, LEVEL).map_err(|e| StoreError::Other(format!("zstd encoder: {e}")))?;
     enc.set_pledged_src_size(Some(data.len() as u64))
         .and_then(|_| enc.include_contentsize(true))
         .and_then(|_| enc.include_checksum(true))
@@ -49,9 +48,8 @@ pub fn decode(id: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     }
     // Any damage is reported as a checksum mismatch, whether zstd's checksum caught it or it
     // broke the frame itself.
-    decompress(bytes).map_err(|e| {
-        StoreError::Corrupt(format!("checksum mismatch for artifact {id}: the stored value is damaged ({e})")).into()
-    })
+    decompress(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("checksum mismatch for artifact {id}: the stored value is damaged ({e})")).into())
 }
 
 /// [`encode`] on the blocking pool when `data` is big.
@@ -59,9 +57,7 @@ pub async fn encode_async(data: Vec<u8>) -> Result<Vec<u8>> {
     if data.len() < BLOCKING_THRESHOLD {
         return encode(&data);
     }
-    tokio::task::spawn_blocking(move || encode(&data))
-        .await
-        .map_err(|e| StoreError::Other(format!("compression task failed: {e}")))?
+    tokio::task::spawn_blocking(move || encode(&data)).await.map_err(|e| StoreError::Other(format!("compression task failed: {e}")))?
 }
 
 /// [`decode`] on the blocking pool when `bytes` is big.

@@ -21,12 +21,9 @@ pub struct FsStore {
 impl FsStore {
     /// Uses (and creates if needed) the directory `root`.
     pub async fn new(root: PathBuf) -> Result<FsStore> {
-        tokio::fs::create_dir_all(&root).await.map_err(|e| {
-            StoreError::Other(format!(
-                "cannot create artifact directory {}: {e}",
-                root.display()
-            ))
-        })?;
+        tokio::fs::create_dir_all(&root)
+            .await
+            .map_err(|e| StoreError::Other(format!("cannot create artifact directory {}: {e}", root.display())))?;
         Ok(FsStore { root })
     }
 
@@ -43,24 +40,14 @@ impl FsStore {
 
     /// Path of artifact `id`; rejects ids that could escape or collide with temp files.
     pub fn path_of(&self, id: &str) -> Result<PathBuf> {
-        if id.is_empty()
-            || id.contains('/')
-            || id.contains('\\')
-            || id.contains('\0')
-            || id.contains("..")
-            || id.starts_with('.')
-        {
-            return Err(
-                StoreError::Other(format!("invalid artifact id {id:?} for file store")).into(),
-            );
+        if id.is_empty() || id.contains('/') || id.contains('\\') || id.contains('\0') || id.contains("..") || id.starts_with('.') {
+            return Err(StoreError::Other(format!("invalid artifact id {id:?} for file store")).into());
         }
         Ok(self.root.join(id))
     }
 
     async fn write_atomic(&self, path: &Path, id: &str, bytes: &[u8]) -> Result<()> {
-        let tmp = self
-            .root
-            .join(format!(".{id}.tmp-{}", uuid::Uuid::new_v4().simple()));
+        let tmp = self.root.join(format!(".{id}.tmp-{}", uuid::Uuid::new_v4().simple()));
         if let Err(e) = tokio::fs::write(&tmp, bytes).await {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(StoreError::Other(format!("writing {}: {e}", tmp.display())).into());
@@ -74,42 +61,25 @@ impl FsStore {
 }
 
 impl ArtifactClient for FsStore {
-    async fn upload_raw(
-        &self,
-        artifact: &impl ArtifactId,
-        _artifact_type: ArtifactType,
-        data: Vec<u8>,
-    ) -> Result<()> {
+    async fn upload_raw(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType, data: Vec<u8>) -> Result<()> {
         let id = artifact.id();
         let path = self.path_of(id)?;
         let encoded = codec::encode_async(data).await?;
         self.write_atomic(&path, id, &encoded).await
     }
 
-    async fn download_raw(
-        &self,
-        artifact: &impl ArtifactId,
-        _artifact_type: ArtifactType,
-    ) -> Result<Vec<u8>> {
+    async fn download_raw(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<Vec<u8>> {
         let id = artifact.id();
         let path = self.path_of(id)?;
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(id.to_string()).into())
-            }
-            Err(e) => {
-                return Err(StoreError::Other(format!("reading {}: {e}", path.display())).into())
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound(id.to_string()).into()),
+            Err(e) => return Err(StoreError::Other(format!("reading {}: {e}", path.display())).into()),
         };
         codec::decode_async(id, bytes).await
     }
 
-    async fn exists(
-        &self,
-        artifact: &impl ArtifactId,
-        _artifact_type: ArtifactType,
-    ) -> Result<bool> {
+    async fn exists(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<bool> {
         let path = self.path_of(artifact.id())?;
         match tokio::fs::metadata(&path).await {
             Ok(_) => Ok(true),
@@ -127,11 +97,7 @@ impl ArtifactClient for FsStore {
         }
     }
 
-    async fn delete_batch(
-        &self,
-        artifacts: &[impl ArtifactId],
-        artifact_type: ArtifactType,
-    ) -> Result<()> {
+    async fn delete_batch(&self, artifacts: &[impl ArtifactId], artifact_type: ArtifactType) -> Result<()> {
         for a in artifacts {
             self.delete(a, artifact_type).await?;
         }
@@ -159,58 +125,22 @@ mod tests {
         let (a, b) = (new_id(), new_id());
         let small = b"small artifact".to_vec();
         let big = random_bytes(3 << 20, 11);
-        store
-            .upload_raw(&a, ArtifactType::Program, small.clone())
-            .await
-            .unwrap();
-        store
-            .upload_raw(&b, ArtifactType::UnspecifiedArtifactType, big.clone())
-            .await
-            .unwrap();
-        assert_eq!(
-            store.download_raw(&a, ArtifactType::Program).await.unwrap(),
-            small
-        );
-        assert_eq!(
-            store
-                .download_raw(&b, ArtifactType::UnspecifiedArtifactType)
-                .await
-                .unwrap(),
-            big
-        );
+        store.upload_raw(&a, ArtifactType::Program, small.clone()).await.unwrap();
+        store.upload_raw(&b, ArtifactType::UnspecifiedArtifactType, big.clone()).await.unwrap();
+        assert_eq!(store.download_raw(&a, ArtifactType::Program).await.unwrap(), small);
+        assert_eq!(store.download_raw(&b, ArtifactType::UnspecifiedArtifactType).await.unwrap(), big);
         // Overwrite replaces.
-        store
-            .upload_raw(&a, ArtifactType::Program, b"v2".to_vec())
-            .await
-            .unwrap();
-        assert_eq!(
-            store.download_raw(&a, ArtifactType::Program).await.unwrap(),
-            b"v2"
-        );
+        store.upload_raw(&a, ArtifactType::Program, b"v2".to_vec()).await.unwrap();
+        assert_eq!(store.download_raw(&a, ArtifactType::Program).await.unwrap(), b"v2");
         assert!(store.exists(&a, ArtifactType::Program).await.unwrap());
         store.delete(&a, ArtifactType::Program).await.unwrap();
         assert!(!store.exists(&a, ArtifactType::Program).await.unwrap());
         store.delete(&a, ArtifactType::Program).await.unwrap(); // already gone: fine
-        let e = store
-            .download_raw(&a, ArtifactType::Program)
-            .await
-            .unwrap_err();
+        let e = store.download_raw(&a, ArtifactType::Program).await.unwrap_err();
         assert!(super::super::is_not_found(&e), "{e}");
-        assert!(
-            e.to_string().contains(&format!("artifact {a} not found")),
-            "{e}"
-        );
-        store
-            .delete_batch(
-                &[b.clone(), new_id()],
-                ArtifactType::UnspecifiedArtifactType,
-            )
-            .await
-            .unwrap();
-        assert!(!store
-            .exists(&b, ArtifactType::UnspecifiedArtifactType)
-            .await
-            .unwrap());
+        assert!(e.to_string().contains(&format!("artifact {a} not found")), "{e}");
+        store.delete_batch(&[b.clone(), new_id()], ArtifactType::UnspecifiedArtifactType).await.unwrap();
+        assert!(!store.exists(&b, ArtifactType::UnspecifiedArtifactType).await.unwrap());
         // No temp files left behind.
         assert_eq!(std::fs::read_dir(&store.root).unwrap().count(), 0);
         std::fs::remove_dir_all(&store.root).unwrap();
@@ -220,19 +150,12 @@ mod tests {
     async fn fs_detects_corruption() {
         let store = temp_store().await;
         let id = new_id();
-        store
-            .upload_raw(&id, ArtifactType::Stdin, random_bytes(50_000, 12))
-            .await
-            .unwrap();
+        store.upload_raw(&id, ArtifactType::Stdin, random_bytes(50_000, 12)).await.unwrap();
         let path = store.path_of(&id).unwrap();
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[codec::HEADER_LEN + 20_000] ^= 0xFF;
         std::fs::write(&path, bytes).unwrap();
-        let e = store
-            .download_raw(&id, ArtifactType::Stdin)
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = store.download_raw(&id, ArtifactType::Stdin).await.unwrap_err().to_string();
         assert!(e.contains("checksum mismatch") && e.contains(&id), "{e}");
         std::fs::remove_dir_all(&store.root).unwrap();
     }
@@ -242,25 +165,10 @@ mod tests {
         let store = temp_store().await;
         for id in ["a/b", "../etc", "x..y", "", ".hidden"] {
             let id = id.to_string();
-            assert!(
-                store
-                    .upload_raw(&id, ArtifactType::Stdin, vec![1])
-                    .await
-                    .is_err(),
-                "{id:?}"
-            );
-            assert!(
-                store.download_raw(&id, ArtifactType::Stdin).await.is_err(),
-                "{id:?}"
-            );
-            assert!(
-                store.exists(&id, ArtifactType::Stdin).await.is_err(),
-                "{id:?}"
-            );
-            assert!(
-                store.delete(&id, ArtifactType::Stdin).await.is_err(),
-                "{id:?}"
-            );
+            assert!(store.upload_raw(&id, ArtifactType::Stdin, vec![1]).await.is_err(), "{id:?}");
+            assert!(store.download_raw(&id, ArtifactType::Stdin).await.is_err(), "{id:?}");
+            assert!(store.exists(&id, ArtifactType::Stdin).await.is_err(), "{id:?}");
+            assert!(store.delete(&id, ArtifactType::Stdin).await.is_err(), "{id:?}");
         }
         std::fs::remove_dir_all(&store.root).unwrap();
     }

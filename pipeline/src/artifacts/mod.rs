@@ -28,11 +28,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            intermediate_ttl: Duration::from_secs(6 * 3600),
-            memory_watermark: 0.8,
-            backoff_max: Duration::from_secs(120),
-        }
+        Self { intermediate_ttl: Duration::from_secs(6 * 3600), memory_watermark: 0.8, backoff_max: Duration::from_secs(120) }
     }
 }
 
@@ -70,22 +66,14 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
 
 /// True when `err` says the artifact does not exist.
 pub fn is_not_found(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        matches!(
-            e.downcast_ref::<StoreError>(),
-            Some(StoreError::NotFound(_))
-        )
-    })
+    err.chain().any(|e| matches!(e.downcast_ref::<StoreError>(), Some(StoreError::NotFound(_))))
 }
 
 /// TTL policy: inputs and outputs of a proof live until their owner expires them; everything
 /// else is an intermediate and expires on its own.
 pub(crate) fn ttl_for(artifact_type: ArtifactType, config: &StoreConfig) -> Option<Duration> {
     match artifact_type {
-        ArtifactType::Program
-        | ArtifactType::Stdin
-        | ArtifactType::PrivateStdin
-        | ArtifactType::Proof => None,
+        ArtifactType::Program | ArtifactType::Stdin | ArtifactType::PrivateStdin | ArtifactType::Proof => None,
         _ => Some(config.intermediate_ttl),
     }
 }
@@ -109,21 +97,15 @@ impl ArtifactStore {
     /// (the directory is created).
     pub async fn connect(url: &str, config: StoreConfig) -> Result<ArtifactStore> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
-            Ok(ArtifactStore::Redis(
-                RedisStore::connect(url, config).await?,
-            ))
+            Ok(ArtifactStore::Redis(RedisStore::connect(url, config).await?))
         } else if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 bail!("artifact store URL {url:?} must be file:///absolute/path");
             }
-            let store = FsStore::new(PathBuf::from(path))
-                .await
-                .with_context(|| format!("opening artifact directory {path}"))?;
+            let store = FsStore::new(PathBuf::from(path)).await.with_context(|| format!("opening artifact directory {path}"))?;
             Ok(ArtifactStore::Fs(store))
         } else {
-            bail!(
-                "unsupported artifact store URL {url:?}: expected redis://, rediss:// or file:///"
-            )
+            bail!("unsupported artifact store URL {url:?}: expected redis://, rediss:// or file:///")
         }
     }
 
@@ -146,34 +128,21 @@ impl ArtifactStore {
 }
 
 impl ArtifactClient for ArtifactStore {
-    async fn upload_raw(
-        &self,
-        artifact: &impl ArtifactId,
-        artifact_type: ArtifactType,
-        data: Vec<u8>,
-    ) -> Result<()> {
+    async fn upload_raw(&self, artifact: &impl ArtifactId, artifact_type: ArtifactType, data: Vec<u8>) -> Result<()> {
         match self {
             ArtifactStore::Redis(s) => s.upload_raw(artifact, artifact_type, data).await,
             ArtifactStore::Fs(s) => s.upload_raw(artifact, artifact_type, data).await,
         }
     }
 
-    async fn download_raw(
-        &self,
-        artifact: &impl ArtifactId,
-        artifact_type: ArtifactType,
-    ) -> Result<Vec<u8>> {
+    async fn download_raw(&self, artifact: &impl ArtifactId, artifact_type: ArtifactType) -> Result<Vec<u8>> {
         match self {
             ArtifactStore::Redis(s) => s.download_raw(artifact, artifact_type).await,
             ArtifactStore::Fs(s) => s.download_raw(artifact, artifact_type).await,
         }
     }
 
-    async fn exists(
-        &self,
-        artifact: &impl ArtifactId,
-        artifact_type: ArtifactType,
-    ) -> Result<bool> {
+    async fn exists(&self, artifact: &impl ArtifactId, artifact_type: ArtifactType) -> Result<bool> {
         match self {
             ArtifactStore::Redis(s) => s.exists(artifact, artifact_type).await,
             ArtifactStore::Fs(s) => s.exists(artifact, artifact_type).await,
@@ -187,11 +156,7 @@ impl ArtifactClient for ArtifactStore {
         }
     }
 
-    async fn delete_batch(
-        &self,
-        artifacts: &[impl ArtifactId],
-        artifact_type: ArtifactType,
-    ) -> Result<()> {
+    async fn delete_batch(&self, artifacts: &[impl ArtifactId], artifact_type: ArtifactType) -> Result<()> {
         match self {
             ArtifactStore::Redis(s) => s.delete_batch(artifacts, artifact_type).await,
             ArtifactStore::Fs(s) => s.delete_batch(artifacts, artifact_type).await,
@@ -205,24 +170,14 @@ mod tests {
 
     #[tokio::test]
     async fn connect_file_url_creates_dir_and_round_trips() {
-        let dir = std::env::temp_dir()
-            .join(format!("pj-artifacts-{}", uuid::Uuid::new_v4()))
-            .join("nested");
+        let dir = std::env::temp_dir().join(format!("pj-artifacts-{}", uuid::Uuid::new_v4())).join("nested");
         let url = format!("file://{}", dir.display());
-        let store = ArtifactStore::connect(&url, StoreConfig::default())
-            .await
-            .unwrap();
+        let store = ArtifactStore::connect(&url, StoreConfig::default()).await.unwrap();
         assert!(dir.is_dir());
         assert_eq!(store.describe(), url);
         let id = "artifact_mod_test".to_string();
-        store
-            .upload_raw(&id, ArtifactType::Stdin, b"hello".to_vec())
-            .await
-            .unwrap();
-        assert_eq!(
-            store.download_raw(&id, ArtifactType::Stdin).await.unwrap(),
-            b"hello"
-        );
+        store.upload_raw(&id, ArtifactType::Stdin, b"hello".to_vec()).await.unwrap();
+        assert_eq!(store.download_raw(&id, ArtifactType::Stdin).await.unwrap(), b"hello");
         store.set_ttl(&id, Duration::from_secs(1)).await.unwrap();
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
     }
@@ -230,12 +185,7 @@ mod tests {
     #[tokio::test]
     async fn connect_rejects_bad_urls() {
         for url in ["http://x", "file://relative/path", "s3://bucket"] {
-            assert!(
-                ArtifactStore::connect(url, StoreConfig::default())
-                    .await
-                    .is_err(),
-                "{url}"
-            );
+            assert!(ArtifactStore::connect(url, StoreConfig::default()).await.is_err(), "{url}");
         }
     }
 
@@ -245,19 +195,10 @@ mod tests {
         assert_eq!(c.intermediate_ttl, Duration::from_secs(21600));
         assert_eq!(c.memory_watermark, 0.8);
         assert_eq!(c.backoff_max, Duration::from_secs(120));
-        for t in [
-            ArtifactType::Program,
-            ArtifactType::Stdin,
-            ArtifactType::PrivateStdin,
-            ArtifactType::Proof,
-        ] {
+        for t in [ArtifactType::Program, ArtifactType::Stdin, ArtifactType::PrivateStdin, ArtifactType::Proof] {
             assert_eq!(ttl_for(t, &c), None);
         }
-        for t in [
-            ArtifactType::UnspecifiedArtifactType,
-            ArtifactType::Groth16Circuit,
-            ArtifactType::PlonkCircuit,
-        ] {
+        for t in [ArtifactType::UnspecifiedArtifactType, ArtifactType::Groth16Circuit, ArtifactType::PlonkCircuit] {
             assert_eq!(ttl_for(t, &c), Some(c.intermediate_ttl));
         }
     }
@@ -266,17 +207,10 @@ mod tests {
     fn transient_classification() {
         let e = anyhow::Error::new(StoreError::Unavailable("down".into())).context("uploading x");
         assert!(is_transient(&e));
-        assert!(!is_transient(&anyhow::Error::new(StoreError::NotFound(
-            "x".into()
-        ))));
-        assert!(!is_transient(&anyhow::Error::new(StoreError::Corrupt(
-            "x".into()
-        ))));
-        assert!(is_not_found(&anyhow::Error::new(StoreError::NotFound(
-            "x".into()
-        ))));
-        let io =
-            ::redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!is_transient(&anyhow::Error::new(StoreError::NotFound("x".into()))));
+        assert!(!is_transient(&anyhow::Error::new(StoreError::Corrupt("x".into()))));
+        assert!(is_not_found(&anyhow::Error::new(StoreError::NotFound("x".into()))));
+        let io = ::redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(is_transient(&anyhow::Error::new(io)));
     }
 }

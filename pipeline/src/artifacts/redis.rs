@@ -55,20 +55,8 @@ impl MemoryReading {
 
     /// Parses the text of `INFO memory`; `None` when `used_memory` is missing.
     pub fn parse(info: &str) -> Option<MemoryReading> {
-        let field = |name: &str| {
-            info.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix(name)?
-                    .strip_prefix(':')?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-        };
-        Some(MemoryReading {
-            used: field("used_memory")?,
-            max: field("maxmemory").unwrap_or(0),
-        })
+        let field = |name: &str| info.lines().find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':')?.trim().parse::<u64>().ok());
+        Some(MemoryReading { used: field("used_memory")?, max: field("maxmemory").unwrap_or(0) })
     }
 }
 
@@ -80,16 +68,9 @@ pub fn is_transient_redis_error(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || matches!(
             e.kind(),
-            ErrorKind::BusyLoadingError
-                | ErrorKind::TryAgain
-                | ErrorKind::ClusterDown
-                | ErrorKind::MasterDown
-                | ErrorKind::ReadOnly
+            ErrorKind::BusyLoadingError | ErrorKind::TryAgain | ErrorKind::ClusterDown | ErrorKind::MasterDown | ErrorKind::ReadOnly
         )
-        || matches!(
-            e.code(),
-            Some("OOM" | "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY")
-        )
+        || matches!(e.code(), Some("OOM" | "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY"))
 }
 
 fn map_redis(e: RedisError, what: impl fmt::Display) -> anyhow::Error {
@@ -150,18 +131,8 @@ impl RedisStore {
     /// failure by the next call.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore> {
         let described = redact_url(url);
-        let client = Client::open(url).map_err(|e| {
-            StoreError::Other(format!("invalid Redis artifact store URL {described}: {e}"))
-        })?;
-        Ok(RedisStore {
-            inner: Arc::new(Inner {
-                client,
-                conn: OnceCell::new(),
-                config,
-                described,
-                memory: Mutex::new(None),
-            }),
-        })
+        let client = Client::open(url).map_err(|e| StoreError::Other(format!("invalid Redis artifact store URL {described}: {e}")))?;
+        Ok(RedisStore { inner: Arc::new(Inner { client, conn: OnceCell::new(), config, described, memory: Mutex::new(None) }) })
     }
 
     /// The URL without password, for logs.
@@ -195,10 +166,7 @@ impl RedisStore {
     /// Round trip to Redis (health check).
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.conn().await?;
-        ::redis::cmd("PING")
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| map_redis(e, format_args!("PING {}", self.inner.described)))
+        ::redis::cmd("PING").query_async::<()>(&mut conn).await.map_err(|e| map_redis(e, format_args!("PING {}", self.inner.described)))
     }
 
     /// Puts (or replaces) an expiry on artifact `id`, whichever layout it is stored in.
@@ -229,15 +197,9 @@ impl RedisStore {
             }
         }
         let mut conn = self.conn().await?;
-        let info = match ::redis::cmd("INFO")
-            .arg("memory")
-            .query_async::<String>(&mut conn)
-            .await
-        {
+        let info = match ::redis::cmd("INFO").arg("memory").query_async::<String>(&mut conn).await {
             Ok(info) => info,
-            Err(e) if is_transient_redis_error(&e) => {
-                return Err(map_redis(e, "reading Redis INFO memory"))
-            }
+            Err(e) if is_transient_redis_error(&e) => return Err(map_redis(e, "reading Redis INFO memory")),
             Err(e) => {
                 tracing::warn!("cannot read Redis INFO memory, no backpressure: {e}");
                 return Ok(None);
@@ -296,12 +258,7 @@ impl RedisStore {
                     cfg.backoff_max.saturating_sub(started.elapsed())
                 }
             };
-            tracing::debug!(
-                artifact = id,
-                used = reading.used,
-                max = reading.max,
-                "Redis above memory watermark, waiting {wait:?}"
-            );
+            tracing::debug!(artifact = id, used = reading.used, max = reading.max, "Redis above memory watermark, waiting {wait:?}");
             tokio::time::sleep(wait).await;
             let Some(r) = self.memory_reading(true).await? else {
                 return Ok(());
@@ -322,9 +279,7 @@ impl RedisStore {
         let Some(n) = n else {
             return Err(StoreError::NotFound(id.to_string()).into());
         };
-        let n: usize = n.trim().parse().map_err(|_| {
-            StoreError::Corrupt(format!("artifact {id}: bad chunk count {n:?} in {key}"))
-        })?;
+        let n: usize = n.trim().parse().map_err(|_| StoreError::Corrupt(format!("artifact {id}: bad chunk count {n:?} in {key}")))?;
         let mut out: Vec<u8> = Vec::new();
         for i in 0..n {
             let chunk: Option<Vec<u8>> = ::redis::cmd("HGET")
@@ -348,12 +303,7 @@ impl RedisStore {
 }
 
 impl ArtifactClient for RedisStore {
-    async fn upload_raw(
-        &self,
-        artifact: &impl ArtifactId,
-        artifact_type: ArtifactType,
-        data: Vec<u8>,
-    ) -> Result<()> {
+    async fn upload_raw(&self, artifact: &impl ArtifactId, artifact_type: ArtifactType, data: Vec<u8>) -> Result<()> {
         let id = artifact.id();
         let ttl = ttl_for(artifact_type, &self.inner.config);
         let encoded = codec::encode_async(data).await?;
@@ -377,37 +327,21 @@ impl ArtifactClient for RedisStore {
         }
         // Drop earlier values of this id: an inline one would shadow the hash, old chunks would
         // mix with ours.
-        ::redis::cmd("DEL")
-            .arg(id)
-            .arg(&key)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(err)?;
+        ::redis::cmd("DEL").arg(id).arg(&key).query_async::<()>(&mut conn).await.map_err(err)?;
         let n = encoded.len().div_ceil(CHUNK_SIZE);
         // While the chunks go in, the hash carries an expiry so an interrupted upload does not
         // leak; the final one (or none) is set with "__n".
         let writing_ttl = ttl.unwrap_or(self.inner.config.intermediate_ttl);
         for (i, chunk) in encoded.chunks(CHUNK_SIZE).enumerate() {
             let mut pipe = ::redis::pipe();
-            pipe.cmd("HSET")
-                .arg(&key)
-                .arg(i.to_string())
-                .arg(chunk)
-                .ignore();
+            pipe.cmd("HSET").arg(&key).arg(i.to_string()).arg(chunk).ignore();
             if i == 0 {
-                pipe.cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(millis(writing_ttl))
-                    .ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(millis(writing_ttl)).ignore();
             }
             pipe.query_async::<()>(&mut conn).await.map_err(err)?;
         }
         let mut pipe = ::redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&key)
-            .arg(COUNT_FIELD)
-            .arg(n.to_string())
-            .ignore();
+        pipe.cmd("HSET").arg(&key).arg(COUNT_FIELD).arg(n.to_string()).ignore();
         match ttl {
             Some(ttl) => pipe.cmd("PEXPIRE").arg(&key).arg(millis(ttl)).ignore(),
             None => pipe.cmd("PERSIST").arg(&key).ignore(),
@@ -416,18 +350,11 @@ impl ArtifactClient for RedisStore {
         Ok(())
     }
 
-    async fn download_raw(
-        &self,
-        artifact: &impl ArtifactId,
-        _artifact_type: ArtifactType,
-    ) -> Result<Vec<u8>> {
+    async fn download_raw(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<Vec<u8>> {
         let id = artifact.id();
         let mut conn = self.conn().await?;
-        let inline: Option<Vec<u8>> = ::redis::cmd("GET")
-            .arg(id)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| map_redis(e, format_args!("reading artifact {id}")))?;
+        let inline: Option<Vec<u8>> =
+            ::redis::cmd("GET").arg(id).query_async(&mut conn).await.map_err(|e| map_redis(e, format_args!("reading artifact {id}")))?;
         let bytes = match inline {
             Some(bytes) => bytes,
             None => self.read_chunks(&mut conn, id).await?,
@@ -435,11 +362,7 @@ impl ArtifactClient for RedisStore {
         codec::decode_async(id, bytes).await
     }
 
-    async fn exists(
-        &self,
-        artifact: &impl ArtifactId,
-        _artifact_type: ArtifactType,
-    ) -> Result<bool> {
+    async fn exists(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<bool> {
         let id = artifact.id();
         let mut conn = self.conn().await?;
         let (inline, chunked): (bool, bool) = ::redis::pipe()
@@ -465,11 +388,7 @@ impl ArtifactClient for RedisStore {
             .map_err(|e| map_redis(e, format_args!("deleting artifact {id}")))
     }
 
-    async fn delete_batch(
-        &self,
-        artifacts: &[impl ArtifactId],
-        _artifact_type: ArtifactType,
-    ) -> Result<()> {
+    async fn delete_batch(&self, artifacts: &[impl ArtifactId], _artifact_type: ArtifactType) -> Result<()> {
         if artifacts.is_empty() {
             return Ok(());
         }
@@ -479,9 +398,7 @@ impl ArtifactClient for RedisStore {
             for a in batch {
                 cmd.arg(a.id()).arg(chunks_key(a.id()));
             }
-            cmd.query_async::<()>(&mut conn).await.map_err(|e| {
-                map_redis(e, format_args!("deleting {} artifacts", artifacts.len()))
-            })?;
+            cmd.query_async::<()>(&mut conn).await.map_err(|e| map_redis(e, format_args!("deleting {} artifacts", artifacts.len())))?;
         }
         Ok(())
     }
@@ -516,11 +433,7 @@ mod tests {
     }
 
     async fn pttl(conn: &mut ConnectionManager, key: &str) -> i64 {
-        ::redis::cmd("PTTL")
-            .arg(key)
-            .query_async(conn)
-            .await
-            .unwrap()
+        ::redis::cmd("PTTL").arg(key).query_async(conn).await.unwrap()
     }
 
     #[tokio::test]
@@ -528,27 +441,14 @@ mod tests {
         let s = store().await;
         let id = new_id();
         let data = bincode::serialize(&("hello", vec![1u64, 2, 3])).unwrap();
-        s.upload_raw(&id, ArtifactType::UnspecifiedArtifactType, data.clone())
-            .await
-            .unwrap();
-        assert_eq!(
-            s.download_raw(&id, ArtifactType::UnspecifiedArtifactType)
-                .await
-                .unwrap(),
-            data
-        );
+        s.upload_raw(&id, ArtifactType::UnspecifiedArtifactType, data.clone()).await.unwrap();
+        assert_eq!(s.download_raw(&id, ArtifactType::UnspecifiedArtifactType).await.unwrap(), data);
         // Typed helpers of the trait work on top.
         s.upload(&id, vec![5u32; 1000]).await.unwrap();
         assert_eq!(s.download::<Vec<u32>>(&id).await.unwrap(), vec![5u32; 1000]);
         // Empty values too.
-        s.upload_raw(&id, ArtifactType::Stdin, Vec::new())
-            .await
-            .unwrap();
-        assert!(s
-            .download_raw(&id, ArtifactType::Stdin)
-            .await
-            .unwrap()
-            .is_empty());
+        s.upload_raw(&id, ArtifactType::Stdin, Vec::new()).await.unwrap();
+        assert!(s.download_raw(&id, ArtifactType::Stdin).await.unwrap().is_empty());
         s.delete(&id, ArtifactType::Stdin).await.unwrap();
     }
 
@@ -557,60 +457,23 @@ mod tests {
         let s = store().await;
         let id = new_id();
         let data = random_bytes(70 << 20, 21);
-        s.upload_raw(&id, ArtifactType::UnspecifiedArtifactType, data.clone())
-            .await
-            .unwrap();
+        s.upload_raw(&id, ArtifactType::UnspecifiedArtifactType, data.clone()).await.unwrap();
         let mut conn = raw(&s).await;
         let key = chunks_key(&id);
-        let n: String = ::redis::cmd("HGET")
-            .arg(&key)
-            .arg("__n")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let n: String = ::redis::cmd("HGET").arg(&key).arg("__n").query_async(&mut conn).await.unwrap();
         assert!(n.parse::<usize>().unwrap() >= 3, "__n = {n}");
-        let inline: bool = ::redis::cmd("EXISTS")
-            .arg(&id)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let inline: bool = ::redis::cmd("EXISTS").arg(&id).query_async(&mut conn).await.unwrap();
         assert!(!inline);
-        assert!(
-            pttl(&mut conn, &key).await > 0,
-            "chunked intermediate has a TTL"
-        );
-        assert!(s
-            .exists(&id, ArtifactType::UnspecifiedArtifactType)
-            .await
-            .unwrap());
-        let back = s
-            .download_raw(&id, ArtifactType::UnspecifiedArtifactType)
-            .await
-            .unwrap();
+        assert!(pttl(&mut conn, &key).await > 0, "chunked intermediate has a TTL");
+        assert!(s.exists(&id, ArtifactType::UnspecifiedArtifactType).await.unwrap());
+        let back = s.download_raw(&id, ArtifactType::UnspecifiedArtifactType).await.unwrap();
         assert!(back == data, "70 MiB round trip differs");
         // Overwriting with a small value replaces the chunked one.
-        s.upload_raw(
-            &id,
-            ArtifactType::UnspecifiedArtifactType,
-            b"small".to_vec(),
-        )
-        .await
-        .unwrap();
-        let chunks: bool = ::redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        s.upload_raw(&id, ArtifactType::UnspecifiedArtifactType, b"small".to_vec()).await.unwrap();
+        let chunks: bool = ::redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
         assert!(!chunks);
-        assert_eq!(
-            s.download_raw(&id, ArtifactType::UnspecifiedArtifactType)
-                .await
-                .unwrap(),
-            b"small"
-        );
-        s.delete(&id, ArtifactType::UnspecifiedArtifactType)
-            .await
-            .unwrap();
+        assert_eq!(s.download_raw(&id, ArtifactType::UnspecifiedArtifactType).await.unwrap(), b"small");
+        s.delete(&id, ArtifactType::UnspecifiedArtifactType).await.unwrap();
     }
 
     #[tokio::test]
@@ -618,45 +481,20 @@ mod tests {
         let s = store().await;
         let id = new_id();
         let data = random_bytes(40 << 20, 22);
-        s.upload_raw(&id, ArtifactType::Program, data.clone())
-            .await
-            .unwrap();
+        s.upload_raw(&id, ArtifactType::Program, data.clone()).await.unwrap();
         let mut conn = raw(&s).await;
         let key = chunks_key(&id);
         assert_eq!(pttl(&mut conn, &key).await, -1);
         // Without "__n" the value is incomplete: not found, and not existing.
-        ::redis::cmd("HDEL")
-            .arg(&key)
-            .arg("__n")
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
+        ::redis::cmd("HDEL").arg(&key).arg("__n").query_async::<()>(&mut conn).await.unwrap();
         assert!(!s.exists(&id, ArtifactType::Program).await.unwrap());
-        let e = s
-            .download_raw(&id, ArtifactType::Program)
-            .await
-            .unwrap_err();
-        assert!(
-            e.to_string().contains(&format!("artifact {id} not found")),
-            "{e}"
-        );
+        let e = s.download_raw(&id, ArtifactType::Program).await.unwrap_err();
+        assert!(e.to_string().contains(&format!("artifact {id} not found")), "{e}");
         assert!(!is_transient(&e));
         // A missing chunk with "__n" present: not found either.
-        ::redis::cmd("HSET")
-            .arg(&key)
-            .arg("__n")
-            .arg("3")
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-        let e = s
-            .download_raw(&id, ArtifactType::Program)
-            .await
-            .unwrap_err();
-        assert!(
-            e.to_string().contains(&format!("artifact {id} not found")),
-            "{e}"
-        );
+        ::redis::cmd("HSET").arg(&key).arg("__n").arg("3").query_async::<()>(&mut conn).await.unwrap();
+        let e = s.download_raw(&id, ArtifactType::Program).await.unwrap_err();
+        assert!(e.to_string().contains(&format!("artifact {id} not found")), "{e}");
         s.delete(&id, ArtifactType::Program).await.unwrap();
     }
 
@@ -664,35 +502,14 @@ mod tests {
     async fn redis_corruption_is_detected() {
         let s = store().await;
         let id = new_id();
-        s.upload_raw(&id, ArtifactType::Proof, random_bytes(100_000, 23))
-            .await
-            .unwrap();
+        s.upload_raw(&id, ArtifactType::Proof, random_bytes(100_000, 23)).await.unwrap();
         let mut conn = raw(&s).await;
-        ::redis::cmd("SETRANGE")
-            .arg(&id)
-            .arg(codec::HEADER_LEN + 50_000)
-            .arg(&b"garbage!"[..])
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-        let e = s
-            .download_raw(&id, ArtifactType::Proof)
-            .await
-            .unwrap_err()
-            .to_string();
+        ::redis::cmd("SETRANGE").arg(&id).arg(codec::HEADER_LEN + 50_000).arg(&b"garbage!"[..]).query_async::<()>(&mut conn).await.unwrap();
+        let e = s.download_raw(&id, ArtifactType::Proof).await.unwrap_err().to_string();
         assert!(e.contains("checksum mismatch") && e.contains(&id), "{e}");
         // A value that is neither format.
-        ::redis::cmd("SET")
-            .arg(&id)
-            .arg("plain text")
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
-        let e = s
-            .download_raw(&id, ArtifactType::Proof)
-            .await
-            .unwrap_err()
-            .to_string();
+        ::redis::cmd("SET").arg(&id).arg("plain text").query_async::<()>(&mut conn).await.unwrap();
+        let e = s.download_raw(&id, ArtifactType::Proof).await.unwrap_err().to_string();
         assert!(e.contains("not an artifact value"), "{e}");
         s.delete(&id, ArtifactType::Proof).await.unwrap();
     }
@@ -705,21 +522,10 @@ mod tests {
         let id = new_id();
         let small = bincode::serialize(&vec![42u64; 10_000]).unwrap();
         let z = zstd::encode_all(&small[..], 0).unwrap();
-        ::redis::cmd("SET")
-            .arg(&id)
-            .arg(z)
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
+        ::redis::cmd("SET").arg(&id).arg(z).query_async::<()>(&mut conn).await.unwrap();
         assert!(s.exists(&id, ArtifactType::Stdin).await.unwrap());
-        assert_eq!(
-            s.download_raw(&id, ArtifactType::Stdin).await.unwrap(),
-            small
-        );
-        assert_eq!(
-            s.download_stdin::<Vec<u64>>(&id).await.unwrap(),
-            vec![42u64; 10_000]
-        );
+        assert_eq!(s.download_raw(&id, ArtifactType::Stdin).await.unwrap(), small);
+        assert_eq!(s.download_stdin::<Vec<u64>>(&id).await.unwrap(), vec![42u64; 10_000]);
         // Chunked: raw zstd split in 32 MiB hash fields + __n.
         let id2 = new_id();
         let big = random_bytes(70 << 20, 24);
@@ -728,27 +534,13 @@ mod tests {
         let n = z.len().div_ceil(CHUNK_SIZE);
         assert!(n >= 3);
         for (i, c) in z.chunks(CHUNK_SIZE).enumerate() {
-            ::redis::cmd("HSET")
-                .arg(&key)
-                .arg(i.to_string())
-                .arg(c)
-                .query_async::<()>(&mut conn)
-                .await
-                .unwrap();
+            ::redis::cmd("HSET").arg(&key).arg(i.to_string()).arg(c).query_async::<()>(&mut conn).await.unwrap();
         }
-        ::redis::cmd("HSET")
-            .arg(&key)
-            .arg("__n")
-            .arg(n.to_string())
-            .query_async::<()>(&mut conn)
-            .await
-            .unwrap();
+        ::redis::cmd("HSET").arg(&key).arg("__n").arg(n.to_string()).query_async::<()>(&mut conn).await.unwrap();
         assert!(s.exists(&id2, ArtifactType::Program).await.unwrap());
         let back = s.download_raw(&id2, ArtifactType::Program).await.unwrap();
         assert!(back == big, "chunked sp1-cluster value differs");
-        s.delete_batch(&[id, id2.clone()], ArtifactType::Stdin)
-            .await
-            .unwrap();
+        s.delete_batch(&[id, id2.clone()], ArtifactType::Stdin).await.unwrap();
         assert!(!s.exists(&id2, ArtifactType::Program).await.unwrap());
     }
 
@@ -757,19 +549,13 @@ mod tests {
         let s = store().await;
         let mut conn = raw(&s).await;
         let (inter, prog) = (new_id(), new_id());
-        s.upload_raw(&inter, ArtifactType::UnspecifiedArtifactType, vec![1; 100])
-            .await
-            .unwrap();
-        s.upload_raw(&prog, ArtifactType::Program, vec![2; 100])
-            .await
-            .unwrap();
+        s.upload_raw(&inter, ArtifactType::UnspecifiedArtifactType, vec![1; 100]).await.unwrap();
+        s.upload_raw(&prog, ArtifactType::Program, vec![2; 100]).await.unwrap();
         let t = pttl(&mut conn, &inter).await;
         assert!(t > 0 && t <= 6 * 3600 * 1000, "intermediate PTTL {t}");
         assert_eq!(pttl(&mut conn, &prog).await, -1);
         // Rewriting an intermediate id as a program drops the old expiry.
-        s.upload_raw(&inter, ArtifactType::Program, vec![3; 100])
-            .await
-            .unwrap();
+        s.upload_raw(&inter, ArtifactType::Program, vec![3; 100]).await.unwrap();
         assert_eq!(pttl(&mut conn, &inter).await, -1);
         // The owner expires the program once the proof is over.
         s.set_ttl(&prog, Duration::from_secs(60)).await.unwrap();
@@ -777,140 +563,64 @@ mod tests {
         assert!(t > 0 && t <= 60_000, "program PTTL after set_ttl {t}");
         // Through the enum too.
         let store = ArtifactStore::Redis(s.clone());
-        store
-            .set_ttl(&inter, Duration::from_secs(30))
-            .await
-            .unwrap();
+        store.set_ttl(&inter, Duration::from_secs(30)).await.unwrap();
         assert!(pttl(&mut conn, &inter).await > 0);
-        s.delete_batch(&[inter, prog], ArtifactType::Program)
-            .await
-            .unwrap();
+        s.delete_batch(&[inter, prog], ArtifactType::Program).await.unwrap();
     }
 
     #[tokio::test]
     async fn redis_exists_delete_batch() {
-        let store = ArtifactStore::connect(&redis_url(), StoreConfig::default())
-            .await
-            .unwrap();
+        let store = ArtifactStore::connect(&redis_url(), StoreConfig::default()).await.unwrap();
         let ids: Vec<String> = (0..5).map(|_| new_id()).collect();
         for id in &ids {
-            assert!(!store
-                .exists(id, ArtifactType::UnspecifiedArtifactType)
-                .await
-                .unwrap());
-            store
-                .upload_raw(
-                    id,
-                    ArtifactType::UnspecifiedArtifactType,
-                    id.as_bytes().to_vec(),
-                )
-                .await
-                .unwrap();
-            assert!(store
-                .exists(id, ArtifactType::UnspecifiedArtifactType)
-                .await
-                .unwrap());
+            assert!(!store.exists(id, ArtifactType::UnspecifiedArtifactType).await.unwrap());
+            store.upload_raw(id, ArtifactType::UnspecifiedArtifactType, id.as_bytes().to_vec()).await.unwrap();
+            assert!(store.exists(id, ArtifactType::UnspecifiedArtifactType).await.unwrap());
         }
-        store
-            .delete(&ids[0], ArtifactType::UnspecifiedArtifactType)
-            .await
-            .unwrap();
-        assert!(!store
-            .exists(&ids[0], ArtifactType::UnspecifiedArtifactType)
-            .await
-            .unwrap());
-        store
-            .delete(&ids[0], ArtifactType::UnspecifiedArtifactType)
-            .await
-            .unwrap();
-        assert_eq!(
-            store
-                .download_raw(&ids[1], ArtifactType::UnspecifiedArtifactType)
-                .await
-                .unwrap(),
-            ids[1].as_bytes()
-        );
-        store
-            .delete_batch(&ids[1..], ArtifactType::UnspecifiedArtifactType)
-            .await
-            .unwrap();
+        store.delete(&ids[0], ArtifactType::UnspecifiedArtifactType).await.unwrap();
+        assert!(!store.exists(&ids[0], ArtifactType::UnspecifiedArtifactType).await.unwrap());
+        store.delete(&ids[0], ArtifactType::UnspecifiedArtifactType).await.unwrap();
+        assert_eq!(store.download_raw(&ids[1], ArtifactType::UnspecifiedArtifactType).await.unwrap(), ids[1].as_bytes());
+        store.delete_batch(&ids[1..], ArtifactType::UnspecifiedArtifactType).await.unwrap();
         for id in &ids {
-            assert!(!store
-                .exists(id, ArtifactType::UnspecifiedArtifactType)
-                .await
-                .unwrap());
-            let e = store
-                .download_raw(id, ArtifactType::UnspecifiedArtifactType)
-                .await
-                .unwrap_err();
+            assert!(!store.exists(id, ArtifactType::UnspecifiedArtifactType).await.unwrap());
+            let e = store.download_raw(id, ArtifactType::UnspecifiedArtifactType).await.unwrap_err();
             assert!(crate::artifacts::is_not_found(&e), "{e}");
         }
-        store
-            .delete_batch(&Vec::<String>::new(), ArtifactType::UnspecifiedArtifactType)
-            .await
-            .unwrap();
+        store.delete_batch(&Vec::<String>::new(), ArtifactType::UnspecifiedArtifactType).await.unwrap();
     }
 
     #[tokio::test]
     async fn redis_dead_port_is_transient_and_fast() {
         let started = Instant::now();
-        let store = ArtifactStore::connect("redis://127.0.0.1:1", StoreConfig::default())
-            .await
-            .unwrap();
+        let store = ArtifactStore::connect("redis://127.0.0.1:1", StoreConfig::default()).await.unwrap();
         let id = new_id();
-        let e = store
-            .upload_raw(&id, ArtifactType::Stdin, vec![1, 2, 3])
-            .await
-            .unwrap_err();
+        let e = store.upload_raw(&id, ArtifactType::Stdin, vec![1, 2, 3]).await.unwrap_err();
         assert!(is_transient(&e), "{e:#}");
-        let e = store
-            .download_raw(&id, ArtifactType::Stdin)
-            .await
-            .unwrap_err();
+        let e = store.download_raw(&id, ArtifactType::Stdin).await.unwrap_err();
         assert!(is_transient(&e), "{e:#}");
         let e = store.exists(&id, ArtifactType::Stdin).await.unwrap_err();
         assert!(is_transient(&e), "{e:#}");
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     }
 
     #[tokio::test]
     async fn redis_memory_watermark_backpressure() {
-        let s = store_with(StoreConfig {
-            memory_watermark: 1e-9,
-            backoff_max: Duration::from_millis(700),
-            ..StoreConfig::default()
-        })
-        .await;
-        let r = s
-            .memory_reading(true)
-            .await
-            .unwrap()
-            .expect("INFO memory readable");
+        let s = store_with(StoreConfig { memory_watermark: 1e-9, backoff_max: Duration::from_millis(700), ..StoreConfig::default() }).await;
+        let r = s.memory_reading(true).await.unwrap().expect("INFO memory readable");
         assert!(r.used > 0);
         if r.max == 0 {
             panic!("test Redis has no maxmemory; scripts/services.sh sets one");
         }
         let id = new_id();
         // Small values skip the check.
-        s.upload_raw(&id, ArtifactType::Stdin, vec![9; 1000])
-            .await
-            .unwrap();
+        s.upload_raw(&id, ArtifactType::Stdin, vec![9; 1000]).await.unwrap();
         let started = Instant::now();
-        let e = s
-            .upload_raw(&id, ArtifactType::Stdin, random_bytes(2 << 20, 25))
-            .await
-            .unwrap_err();
+        let e = s.upload_raw(&id, ArtifactType::Stdin, random_bytes(2 << 20, 25)).await.unwrap_err();
         let waited = started.elapsed();
         assert!(e.to_string().contains("above its memory watermark"), "{e}");
         assert!(is_transient(&e));
-        assert!(
-            waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
-            "{waited:?}"
-        );
+        assert!(waited >= Duration::from_millis(600) && waited < Duration::from_secs(3), "{waited:?}");
         s.delete(&id, ArtifactType::Stdin).await.unwrap();
     }
 
@@ -918,36 +628,17 @@ mod tests {
     fn memory_reading_parse_and_watermark() {
         let info = "# Memory\r\nused_memory:1000\r\nused_memory_human:1K\r\nmaxmemory:10000\r\nmaxmemory_human:9K\r\n";
         let r = MemoryReading::parse(info).unwrap();
-        assert_eq!(
-            r,
-            MemoryReading {
-                used: 1000,
-                max: 10000
-            }
-        );
+        assert_eq!(r, MemoryReading { used: 1000, max: 10000 });
         assert!(!r.over_watermark(7000, 0.8));
         assert!(r.over_watermark(7001, 0.8));
-        assert!(!MemoryReading {
-            used: 1 << 40,
-            max: 0
-        }
-        .over_watermark(1 << 40, 0.8));
+        assert!(!MemoryReading { used: 1 << 40, max: 0 }.over_watermark(1 << 40, 0.8));
     }
 
     #[test]
     fn redacts_password() {
-        assert_eq!(
-            redact_url("redis://:secret@host:6379/0"),
-            "redis://:***@host:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://user:p%40ss@h/1"),
-            "rediss://user:***@h/1"
-        );
-        assert_eq!(
-            redact_url("redis://127.0.0.1:56379"),
-            "redis://127.0.0.1:56379"
-        );
+        assert_eq!(redact_url("redis://:secret@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact_url("rediss://user:p%40ss@h/1"), "rediss://user:***@h/1");
+        assert_eq!(redact_url("redis://127.0.0.1:56379"), "redis://127.0.0.1:56379");
         assert_eq!(redact_url("redis://user@h"), "redis://user@h");
     }
 }

@@ -288,9 +288,7 @@ impl Db {
     }
 
     pub async fn active_proofs(&self) -> Result<Vec<ProofRow>> {
-        Ok(sqlx::query_as("SELECT * FROM proofs WHERE status IN ('pending', 'running') ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as("SELECT * FROM proofs WHERE status IN ('pending', 'running') ORDER BY created_at").fetch_all(&self.pool).await?)
     }
 
     pub async fn count_active_proofs(&self) -> Result<i64> {

@@ -187,7 +187,13 @@ impl Db {
 
     /// A runner of the group ended without finishing its work: count it (`counted`: a failure,
     /// else a hand-back) and hold the next one back until `not_before`. Returns the new state.
-    pub async fn record_group_retry(&self, proof_id: &str, stages: &[Stage], counted: bool, not_before: DateTime<Utc>) -> Result<GroupState> {
+    pub async fn record_group_retry(
+        &self,
+        proof_id: &str,
+        stages: &[Stage],
+        counted: bool,
+        not_before: DateTime<Utc>,
+    ) -> Result<GroupState> {
         Ok(sqlx::query_as(
             "INSERT INTO runner_groups AS g (proof_id, stages, failures, retries, not_before)
              VALUES ($1, $2, CASE WHEN $3 THEN 1 ELSE 0 END, CASE WHEN $3 THEN 0 ELSE 1 END, $4)

@@ -20,8 +20,7 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 5] =
-        [TaskState::Pending, TaskState::Running, TaskState::Succeeded, TaskState::Failed, TaskState::Cancelled];
+    pub const ALL: [TaskState; 5] = [TaskState::Pending, TaskState::Running, TaskState::Succeeded, TaskState::Failed, TaskState::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -177,10 +176,11 @@ impl Db {
 
     /// Who holds a task now (`None` when nobody does).
     pub async fn task_claim(&self, task_id: &str) -> Result<Option<Claim>> {
-        let row: Option<(Option<String>, i32)> = sqlx::query_as("SELECT runner_id, attempts FROM tasks WHERE id = $1 AND status = 'running'")
-            .bind(task_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(Option<String>, i32)> =
+            sqlx::query_as("SELECT runner_id, attempts FROM tasks WHERE id = $1 AND status = 'running'")
+                .bind(task_id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.and_then(|(runner, attempt)| runner.map(|runner_id| Claim { runner_id, attempt })))
     }
 

@@ -73,8 +73,11 @@ fn main() -> Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|---|");
     for (stage, cold_sample) in rows {
         let warm = measure(&format!("after:{stage}"), &args)?;
-        let (b_s, b_rss) = before.as_ref().map_or(("-".into(), "-".into()), |b| (format!("{:.1}", b.secs), format!("{:.2} GB", b.peak_rss_mb / 1024.0)));
-        let (c_s, c_rss) = cold_sample.as_ref().map_or(("-".into(), "-".into()), |c| (format!("{:.1}", c.secs), format!("{:.2} GB", c.peak_rss_mb / 1024.0)));
+        let (b_s, b_rss) =
+            before.as_ref().map_or(("-".into(), "-".into()), |b| (format!("{:.1}", b.secs), format!("{:.2} GB", b.peak_rss_mb / 1024.0)));
+        let (c_s, c_rss) = cold_sample
+            .as_ref()
+            .map_or(("-".into(), "-".into()), |c| (format!("{:.1}", c.secs), format!("{:.2} GB", c.peak_rss_mb / 1024.0)));
         println!(
             "| {stage} | {b_s} | {b_rss} | {c_s} | {c_rss} | {:.1} | {:.2} GB | {} |",
             warm.secs,

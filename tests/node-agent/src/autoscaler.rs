@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, Pod, ResourceRequirements, Taint, Toleration,
-};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, Pod, ResourceRequirements, Taint, Toleration};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -40,17 +38,11 @@ pub struct Requests {
 
 impl Requests {
     pub fn of_pool(pool: &PoolSpec) -> Self {
-        Requests {
-            cpu_millis: pool.cpu_millis(),
-            memory: pool.memory_bytes(),
-            gpus: u64::from(pool.gpus),
-        }
+        Requests { cpu_millis: pool.cpu_millis(), memory: pool.memory_bytes(), gpus: u64::from(pool.gpus) }
     }
 
     pub fn covers(&self, other: &Requests) -> bool {
-        self.cpu_millis >= other.cpu_millis
-            && self.memory >= other.memory
-            && self.gpus >= other.gpus
+        self.cpu_millis >= other.cpu_millis && self.memory >= other.memory && self.gpus >= other.gpus
     }
 
     fn take(&mut self, other: &Requests) {
@@ -66,21 +58,12 @@ fn container_requests(res: Option<&ResourceRequirements>) -> Requests {
     };
     // A missing request defaults to the limit (the apiserver does the same).
     let get = |name: &str| {
-        res.requests
-            .as_ref()
-            .and_then(|r| r.get(name))
-            .or_else(|| res.limits.as_ref().and_then(|l| l.get(name)))
-            .map(|q| q.0.clone())
+        res.requests.as_ref().and_then(|r| r.get(name)).or_else(|| res.limits.as_ref().and_then(|l| l.get(name))).map(|q| q.0.clone())
     };
     Requests {
-        cpu_millis: get("cpu")
-            .and_then(|q| quantity::cpu_millis(&q))
-            .unwrap_or(0),
+        cpu_millis: get("cpu").and_then(|q| quantity::cpu_millis(&q)).unwrap_or(0),
         memory: get("memory").and_then(|q| quantity::bytes(&q)).unwrap_or(0),
-        gpus: get(GPU_RESOURCE)
-            .and_then(|q| quantity::parse(&q))
-            .map(|v| v.ceil() as u64)
-            .unwrap_or(0),
+        gpus: get(GPU_RESOURCE).and_then(|q| quantity::parse(&q)).map(|v| v.ceil() as u64).unwrap_or(0),
     }
 }
 
@@ -107,24 +90,13 @@ pub fn pod_requests(pod: &Pod) -> Requests {
 
 /// Pending, unbound, not being deleted, and marked `PodScheduled=False reason=Unschedulable`.
 pub fn is_unschedulable(pod: &Pod) -> bool {
-    let bound = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .is_some_and(|n| !n.is_empty());
+    let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
     if bound || status::is_deleting(pod) || status::phase(pod) != "Pending" {
         return false;
     }
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c.type_ == "PodScheduled"
-                    && c.status == "False"
-                    && c.reason.as_deref() == Some("Unschedulable")
-            })
-        })
+    pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
+        cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+    })
 }
 
 /// Whether a toleration tolerates a taint (the scheduler's rules).
@@ -137,18 +109,12 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     let key = t.key.as_deref().unwrap_or("");
     match t.operator.as_deref().unwrap_or("Equal") {
         "Exists" => key.is_empty() || key == taint.key,
-        "Equal" => {
-            key == taint.key
-                && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
-        }
+        "Equal" => key == taint.key && t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
         _ => false,
     }
 }
 
-fn requirement_matches(
-    req: &NodeSelectorRequirement,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> bool {
+fn requirement_matches(req: &NodeSelectorRequirement, labels: &std::collections::BTreeMap<String, String>) -> bool {
     let value = labels.get(&req.key);
     let values = req.values.as_deref().unwrap_or(&[]);
     match req.operator.as_str() {
@@ -157,10 +123,8 @@ fn requirement_matches(
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
+            let (Some(v), Some(bound)) = (value.and_then(|v| v.parse::<i64>().ok()), values.first().and_then(|b| b.parse::<i64>().ok()))
+            else {
                 return false;
             };
             if req.operator == "Gt" {
@@ -192,18 +156,11 @@ pub fn fits(pod: &Pod, pool: &PoolSpec) -> bool {
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
+        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
     if let Some(required) = required {
         let any = required.node_selector_terms.iter().any(|term| {
             term.match_fields.as_ref().is_none_or(|f| f.is_empty())
-                && term
-                    .match_expressions
-                    .iter()
-                    .flatten()
-                    .all(|r| requirement_matches(r, &labels))
+                && term.match_expressions.iter().flatten().all(|r| requirement_matches(r, &labels))
         });
         if !any {
             return false;
@@ -240,26 +197,19 @@ pub struct Autoscaler {
 
 impl Autoscaler {
     pub fn new(fleet: Arc<Fleet>, scale_up_delay: Duration, idle: Duration) -> Self {
-        Self {
-            fleet,
-            scale_up_delay,
-            idle,
-        }
+        Self { fleet, scale_up_delay, idle }
     }
 
     pub async fn run(self, client: kube::Client, cancel: CancellationToken) {
         let (store, writer) = reflector::store::<Pod>();
         let api: Api<Pod> = Api::all(client);
-        let stream = reflector::reflector(
-            writer,
-            watcher::watcher(api, watcher::Config::default()).default_backoff(),
-        )
-        .touched_objects()
-        .for_each(|res| async move {
-            if let Err(err) = res {
-                tracing::warn!(%err, "autoscaler pod watch error (retrying)");
-            }
-        });
+        let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()).default_backoff())
+            .touched_objects()
+            .for_each(|res| async move {
+                if let Err(err) = res {
+                    tracing::warn!(%err, "autoscaler pod watch error (retrying)");
+                }
+            });
         let watch = tokio::spawn(stream);
         tokio::select! {
             _ = cancel.cancelled() => { watch.abort(); return; }
@@ -307,10 +257,7 @@ impl Autoscaler {
             provisioning.retain(|p| p.up_at.is_none_or(|t| now.duration_since(t) < SETTLE));
 
             // Scale up.
-            let claimed: HashSet<String> = provisioning
-                .iter()
-                .flat_map(|p| p.pods.iter().cloned())
-                .collect();
+            let claimed: HashSet<String> = provisioning.iter().flat_map(|p| p.pods.iter().cloned()).collect();
             'pods: for pod in pods.iter().filter(|p| is_unschedulable(p)) {
                 let Some(uid) = pod.metadata.uid.clone() else {
                     continue;
@@ -321,17 +268,13 @@ impl Autoscaler {
                 let req = pod_requests(pod);
                 for pool in self.fleet.pools().iter().filter(|pool| fits(pod, pool)) {
                     // Pack onto a node of this pool that is already coming.
-                    if let Some(p) = provisioning.iter_mut().find(|p| {
-                        p.pool == pool.name && p.up_at.is_none() && p.remaining.covers(&req)
-                    }) {
+                    if let Some(p) = provisioning.iter_mut().find(|p| p.pool == pool.name && p.up_at.is_none() && p.remaining.covers(&req))
+                    {
                         p.remaining.take(&req);
                         p.pods.insert(uid);
                         continue 'pods;
                     }
-                    let coming = provisioning
-                        .iter()
-                        .filter(|p| p.pool == pool.name && p.up_at.is_none())
-                        .count();
+                    let coming = provisioning.iter().filter(|p| p.pool == pool.name && p.up_at.is_none()).count();
                     if self.fleet.count(&pool.name) + coming < pool.max {
                         next_id += 1;
                         let mut remaining = Requests::of_pool(pool);
@@ -372,10 +315,7 @@ impl Autoscaler {
                 .filter(|p| !status::is_terminal(p))
                 .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()))
                 .collect();
-            let fresh: HashSet<&str> = provisioning
-                .iter()
-                .filter_map(|p| p.node.as_deref())
-                .collect();
+            let fresh: HashSet<&str> = provisioning.iter().filter_map(|p| p.node.as_deref()).collect();
             let nodes = self.fleet.nodes();
             last_busy.retain(|n, _| nodes.iter().any(|(name, _)| name == n));
             for (node, pool_name) in nodes {
@@ -384,13 +324,7 @@ impl Autoscaler {
                     continue;
                 }
                 let since = *last_busy.entry(node.clone()).or_insert(now);
-                let min = self
-                    .fleet
-                    .pools()
-                    .iter()
-                    .find(|p| p.name == pool_name)
-                    .map(|p| p.min)
-                    .unwrap_or(0);
+                let min = self.fleet.pools().iter().find(|p| p.name == pool_name).map(|p| p.min).unwrap_or(0);
                 if now.duration_since(since) < self.idle || self.fleet.count(&pool_name) <= min {
                     continue;
                 }
@@ -450,13 +384,9 @@ mod tests {
         let mut bound = pending(json!({"nodeName": "cpu-1"}));
         assert!(!is_unschedulable(&bound));
         bound.spec.as_mut().unwrap().node_name = None;
-        bound.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].reason =
-            Some("SchedulerError".into());
+        bound.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].reason = Some("SchedulerError".into());
         assert!(!is_unschedulable(&bound));
-        let no_cond: Pod = serde_json::from_value(
-            json!({"spec": {"containers": []}, "status": {"phase": "Pending"}}),
-        )
-        .unwrap();
+        let no_cond: Pod = serde_json::from_value(json!({"spec": {"containers": []}, "status": {"phase": "Pending"}})).unwrap();
         assert!(!is_unschedulable(&no_cond));
     }
 
@@ -493,18 +423,14 @@ mod tests {
 
     #[test]
     fn selectors_and_affinity() {
-        let by_pool = pending(
-            json!({"nodeSelector": {"proofjobs.io/pool": "cpu", "kubernetes.io/os": "linux"}}),
-        );
+        let by_pool = pending(json!({"nodeSelector": {"proofjobs.io/pool": "cpu", "kubernetes.io/os": "linux"}}));
         assert!(fits(&by_pool, &cpu_pool()));
         let other = pending(json!({"nodeSelector": {"proofjobs.io/pool": "other"}}));
         assert!(!fits(&other, &cpu_pool()));
         let affinity = |op: &str, values: serde_json::Value| {
-            pending(
-                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [{"matchExpressions": [{"key": "proofjobs.io/pool", "operator": op, "values": values}]}]
-                }}}}),
-            )
+            pending(json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "proofjobs.io/pool", "operator": op, "values": values}]}]
+            }}}}))
         };
         assert!(fits(&affinity("In", json!(["cpu", "x"])), &cpu_pool()));
         assert!(!fits(&affinity("NotIn", json!(["cpu"])), &cpu_pool()));
@@ -518,78 +444,36 @@ mod tests {
             {"name": "a", "image": "i", "resources": {"requests": {"cpu": "12", "memory": "32Gi"}}},
             {"name": "b", "image": "i", "resources": {"requests": {"cpu": "6"}}}
         ]}));
-        assert_eq!(
-            pod_requests(&big),
-            Requests {
-                cpu_millis: 18_000,
-                memory: 32 << 30,
-                gpus: 0
-            }
-        );
+        assert_eq!(pod_requests(&big), Requests { cpu_millis: 18_000, memory: 32 << 30, gpus: 0 });
         assert!(!fits(&big, &cpu_pool()));
         let ok = pending(json!({
             "initContainers": [{"name": "i", "image": "i", "resources": {"requests": {"memory": "60Gi"}}}],
             "containers": [{"name": "a", "image": "i", "resources": {"limits": {"cpu": "500m", "memory": "1Gi"}}}]
         }));
-        assert_eq!(
-            pod_requests(&ok),
-            Requests {
-                cpu_millis: 500,
-                memory: 60 << 30,
-                gpus: 0
-            }
-        );
+        assert_eq!(pod_requests(&ok), Requests { cpu_millis: 500, memory: 60 << 30, gpus: 0 });
         assert!(fits(&ok, &cpu_pool()));
     }
 
     #[test]
     fn toleration_rules() {
-        let taint = Taint {
-            key: "k".into(),
-            value: Some("v".into()),
-            effect: "NoSchedule".into(),
-            time_added: None,
-        };
+        let taint = Taint { key: "k".into(), value: Some("v".into()), effect: "NoSchedule".into(), time_added: None };
         let t = |v: serde_json::Value| -> Toleration { serde_json::from_value(v).unwrap() };
         assert!(tolerates(&t(json!({"key": "k", "value": "v"})), &taint));
-        assert!(tolerates(
-            &t(json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"})),
-            &taint
-        ));
-        assert!(!tolerates(
-            &t(json!({"key": "k", "value": "other"})),
-            &taint
-        ));
-        assert!(!tolerates(
-            &t(json!({"key": "k", "value": "v", "effect": "NoExecute"})),
-            &taint
-        ));
-        assert!(tolerates(
-            &t(json!({"key": "k", "operator": "Exists"})),
-            &taint
-        ));
+        assert!(tolerates(&t(json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"})), &taint));
+        assert!(!tolerates(&t(json!({"key": "k", "value": "other"})), &taint));
+        assert!(!tolerates(&t(json!({"key": "k", "value": "v", "effect": "NoExecute"})), &taint));
+        assert!(tolerates(&t(json!({"key": "k", "operator": "Exists"})), &taint));
         assert!(tolerates(&t(json!({"operator": "Exists"})), &taint));
-        assert!(!tolerates(
-            &t(json!({"key": "j", "operator": "Exists"})),
-            &taint
-        ));
+        assert!(!tolerates(&t(json!({"key": "j", "operator": "Exists"})), &taint));
     }
 
     #[test]
     fn packing_arithmetic() {
         let mut r = Requests::of_pool(&gpu_pool());
-        let one = Requests {
-            cpu_millis: 8000,
-            memory: 1 << 30,
-            gpus: 1,
-        };
+        let one = Requests { cpu_millis: 8000, memory: 1 << 30, gpus: 1 };
         assert!(r.covers(&one));
         r.take(&one);
         assert!(!r.covers(&one), "the single gpu is taken");
-        assert!(r.covers(&Requests {
-            cpu_millis: 8000,
-            memory: 0,
-            gpus: 0
-        }));
+        assert!(r.covers(&Requests { cpu_millis: 8000, memory: 0, gpus: 0 }));
     }
 }

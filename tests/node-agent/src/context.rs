@@ -29,8 +29,5 @@ pub struct AgentContext {
 
 /// The agent's own PATH/HOME/TMPDIR, in that order, skipping unset ones.
 pub fn base_env_from_host() -> Vec<(String, String)> {
-    ["PATH", "HOME", "TMPDIR"]
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect()
+    ["PATH", "HOME", "TMPDIR"].iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect()
 }

@@ -26,16 +26,9 @@ impl EventLog {
         let file = match path {
             Some(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)
-                        .with_context(|| format!("create {}", dir.display()))?;
+                    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
                 }
-                Some(Mutex::new(
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .with_context(|| format!("open {}", p.display()))?,
-                ))
+                Some(Mutex::new(OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("open {}", p.display()))?))
             }
             None => None,
         };
@@ -53,10 +46,7 @@ impl EventLog {
 }
 
 pub fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
 }
 
 /// One JSON object and a newline.
@@ -78,10 +68,7 @@ mod tests {
         log.record(NODE_UP, "gpu-1", "gpu");
         log.record(NODE_DOWN, "gpu-1", "gpu");
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["event"], "node_up");
         assert_eq!(lines[1]["event"], "node_down");

@@ -49,12 +49,7 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(ctx: Arc<AgentContext>, pools: Vec<PoolSpec>, events: EventLog) -> Self {
-        Self {
-            ctx,
-            pools,
-            events,
-            state: Mutex::default(),
-        }
+        Self { ctx, pools, events, state: Mutex::default() }
     }
 
     pub fn pools(&self) -> &[PoolSpec] {
@@ -71,21 +66,12 @@ impl Fleet {
 
     /// Nodes (registered or registering) of `pool`.
     pub fn count(&self, pool: &str) -> usize {
-        self.lock()
-            .nodes
-            .values()
-            .filter(|n| n.pool == pool)
-            .count()
+        self.lock().nodes.values().filter(|n| n.pool == pool).count()
     }
 
     /// (node, pool) for every running node.
     pub fn nodes(&self) -> Vec<(String, String)> {
-        self.lock()
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.task.is_some())
-            .map(|(name, n)| (name.clone(), n.pool.clone()))
-            .collect()
+        self.lock().nodes.iter().filter(|(_, n)| n.task.is_some()).map(|(name, n)| (name.clone(), n.pool.clone())).collect()
     }
 
     /// Brings every pool up to its `min`.
@@ -100,10 +86,7 @@ impl Fleet {
 
     /// Registers one more node in `pool` (refused at the pool's max). Returns its name.
     pub async fn add_node(&self, pool_name: &str) -> Result<String> {
-        let pool = self
-            .pool(pool_name)
-            .with_context(|| format!("no pool {pool_name}"))?
-            .clone();
+        let pool = self.pool(pool_name).with_context(|| format!("no pool {pool_name}"))?.clone();
         let (name, cancel) = {
             let mut st = self.lock();
             let count = st.nodes.values().filter(|n| n.pool == pool.name).count();
@@ -114,14 +97,7 @@ impl Fleet {
             let name = pool.node_name(*next);
             *next += 1;
             let cancel = CancellationToken::new();
-            st.nodes.insert(
-                name.clone(),
-                NodeEntry {
-                    pool: pool.name.clone(),
-                    cancel: cancel.clone(),
-                    task: None,
-                },
-            );
+            st.nodes.insert(name.clone(), NodeEntry { pool: pool.name.clone(), cancel: cancel.clone(), task: None });
             (name, cancel)
         };
         let uid = match node::register(&self.ctx, &name, &pool).await {
@@ -133,13 +109,7 @@ impl Fleet {
         };
         let tracked = match self.lock().nodes.get_mut(&name) {
             Some(entry) => {
-                entry.task = Some(tokio::spawn(node::run(
-                    self.ctx.clone(),
-                    name.clone(),
-                    uid,
-                    pool.clone(),
-                    cancel,
-                )));
+                entry.task = Some(tokio::spawn(node::run(self.ctx.clone(), name.clone(), uid, pool.clone(), cancel)));
                 true
             }
             None => false,
@@ -160,11 +130,7 @@ impl Fleet {
     pub async fn remove_idle_node(&self, name: &str) -> Result<bool> {
         let nodes: Api<Node> = Api::all(self.ctx.client.clone());
         nodes
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"unschedulable": true}})),
-            )
+            .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": true}})))
             .await
             .with_context(|| format!("cordon {name}"))?;
         tokio::time::sleep(CORDON_SETTLE).await;
@@ -175,11 +141,7 @@ impl Fleet {
             .with_context(|| format!("list pods on {name}"))?;
         if bound.items.iter().any(|p| !status::is_terminal(p)) {
             nodes
-                .patch(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"unschedulable": null}})),
-                )
+                .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"unschedulable": null}})))
                 .await
                 .with_context(|| format!("uncordon {name}"))?;
             return Ok(false);
@@ -220,12 +182,8 @@ impl Fleet {
     pub fn forget_lost_nodes(&self) {
         let lost: Vec<(String, String)> = {
             let mut st = self.lock();
-            let names: Vec<String> = st
-                .nodes
-                .iter()
-                .filter(|(_, n)| n.task.as_ref().is_some_and(|t| t.is_finished()))
-                .map(|(name, _)| name.clone())
-                .collect();
+            let names: Vec<String> =
+                st.nodes.iter().filter(|(_, n)| n.task.as_ref().is_some_and(|t| t.is_finished())).map(|(name, _)| name.clone()).collect();
             names.into_iter().filter_map(|name| st.nodes.remove(&name).map(|n| (name, n.pool))).collect()
         };
         for (name, pool) in lost {

@@ -22,18 +22,12 @@ impl ImageMap {
         let mut entries = Vec::new();
         for item in items {
             let item = item.as_ref();
-            let (image, path) = item
-                .split_once('=')
-                .with_context(|| format!("--image-map {item:?}: expected IMAGE=PATH"))?;
+            let (image, path) = item.split_once('=').with_context(|| format!("--image-map {item:?}: expected IMAGE=PATH"))?;
             if image.is_empty() || path.is_empty() {
                 bail!("--image-map {item:?}: expected IMAGE=PATH");
             }
             let path = PathBuf::from(path);
-            let path = if path.is_absolute() {
-                path
-            } else {
-                cwd.join(path)
-            };
+            let path = if path.is_absolute() { path } else { cwd.join(path) };
             entries.push((image.to_string(), path));
         }
         Ok(Self { entries })
@@ -46,11 +40,7 @@ impl ImageMap {
     /// The binary for an image reference: exact match first, then without digest, then
     /// without tag (a map key without a tag matches every tag).
     pub fn lookup(&self, image: &str) -> Option<&Path> {
-        let candidates = [
-            image.to_string(),
-            strip_digest(image).to_string(),
-            repository(image).to_string(),
-        ];
+        let candidates = [image.to_string(), strip_digest(image).to_string(), repository(image).to_string()];
         for candidate in &candidates {
             if let Some((_, path)) = self.entries.iter().find(|(k, _)| k == candidate) {
                 return Some(path);
@@ -58,10 +48,7 @@ impl ImageMap {
         }
         // Allow the map to name `docker.io/library/x` or `x` interchangeably.
         let short = normalize(repository(image));
-        self.entries
-            .iter()
-            .find(|(k, _)| normalize(repository(k)) == short && (repository(k) == k.as_str()))
-            .map(|(_, p)| p.as_path())
+        self.entries.iter().find(|(k, _)| normalize(repository(k)) == short && (repository(k) == k.as_str())).map(|(_, p)| p.as_path())
     }
 }
 
@@ -80,9 +67,7 @@ pub fn repository(image: &str) -> &str {
 }
 
 fn normalize(repo: &str) -> &str {
-    repo.strip_prefix("docker.io/library/")
-        .or_else(|| repo.strip_prefix("docker.io/"))
-        .unwrap_or(repo)
+    repo.strip_prefix("docker.io/library/").or_else(|| repo.strip_prefix("docker.io/")).unwrap_or(repo)
 }
 
 #[cfg(test)]
@@ -98,34 +83,13 @@ mod tests {
             "localhost:5000/tool=/bin/tool",
         ])
         .unwrap();
-        assert_eq!(
-            map.lookup("proofjobs/task-runner"),
-            Some(Path::new("/bin/task-runner"))
-        );
-        assert_eq!(
-            map.lookup("proofjobs/task-runner:dev"),
-            Some(Path::new("/bin/task-runner"))
-        );
-        assert_eq!(
-            map.lookup("proofjobs/task-runner:special"),
-            Some(Path::new("/bin/special"))
-        );
-        assert_eq!(
-            map.lookup("proofjobs/task-runner:dev@sha256:0123abcd"),
-            Some(Path::new("/bin/task-runner"))
-        );
-        assert_eq!(
-            map.lookup("docker.io/library/busybox:1.36"),
-            Some(Path::new("/bin/busybox"))
-        );
-        assert_eq!(
-            map.lookup("localhost:5000/tool:v2"),
-            Some(Path::new("/bin/tool"))
-        );
-        assert_eq!(
-            map.lookup("localhost:5000/tool"),
-            Some(Path::new("/bin/tool"))
-        );
+        assert_eq!(map.lookup("proofjobs/task-runner"), Some(Path::new("/bin/task-runner")));
+        assert_eq!(map.lookup("proofjobs/task-runner:dev"), Some(Path::new("/bin/task-runner")));
+        assert_eq!(map.lookup("proofjobs/task-runner:special"), Some(Path::new("/bin/special")));
+        assert_eq!(map.lookup("proofjobs/task-runner:dev@sha256:0123abcd"), Some(Path::new("/bin/task-runner")));
+        assert_eq!(map.lookup("docker.io/library/busybox:1.36"), Some(Path::new("/bin/busybox")));
+        assert_eq!(map.lookup("localhost:5000/tool:v2"), Some(Path::new("/bin/tool")));
+        assert_eq!(map.lookup("localhost:5000/tool"), Some(Path::new("/bin/tool")));
         assert_eq!(map.lookup("proofjobs/api:dev"), None);
         assert_eq!(map.lookup("tool"), None);
     }

@@ -59,10 +59,7 @@ impl Drop for RunningLog {
 
 impl LogRegistry {
     pub fn new(dir: PathBuf) -> Self {
-        Self {
-            dir,
-            running: Arc::default(),
-        }
+        Self { dir, running: Arc::default() }
     }
 
     /// Marks the container's log as live until the returned guard is finished or dropped.
@@ -99,12 +96,7 @@ pub fn tls_acceptor() -> Result<(TlsAcceptor, CertificateDer<'static>)> {
 }
 
 /// Accept connections until `cancel` fires.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    registry: LogRegistry,
-    cancel: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, registry: LogRegistry, cancel: CancellationToken) {
     loop {
         let (tcp, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -132,8 +124,7 @@ pub async fn serve(
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(handle(&req, &registry).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 res = conn => if let Err(err) = res {
@@ -169,21 +160,14 @@ fn parse_query(query: Option<&str>) -> LogQuery {
 
 /// Object names allowed in a log path (DNS subdomains); anything else cannot name a file of ours.
 fn valid_segment(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+    !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=utf-8")
-        .body(
-            Full::new(Bytes::from(msg.into()))
-                .map_err(|never| match never {})
-                .boxed(),
-        )
+        .body(Full::new(Bytes::from(msg.into())).map_err(|never| match never {}).boxed())
         .expect("static response")
 }
 
@@ -201,42 +185,26 @@ pub async fn handle<B>(req: &Request<B>, registry: &LogRegistry) -> Response<Bod
     }
     let parts: Vec<&str> = rest.split('/').collect();
     let [namespace, pod, container] = parts[..] else {
-        return text(
-            StatusCode::NOT_FOUND,
-            "expected /containerLogs/{namespace}/{pod}/{container}",
-        );
+        return text(StatusCode::NOT_FOUND, "expected /containerLogs/{namespace}/{pod}/{container}");
     };
     if ![namespace, pod, container].iter().all(|s| valid_segment(s)) {
         return text(StatusCode::NOT_FOUND, "no such container");
     }
     let query = parse_query(req.uri().query());
     if query.previous {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "previous terminated container not found (no restarts on fake nodes)",
-        );
+        return text(StatusCode::BAD_REQUEST, "previous terminated container not found (no restarts on fake nodes)");
     }
     let file = log_file_name(namespace, pod, container);
     let path = registry.dir.join(&file);
     let content = match tokio::fs::read(&path).await {
         Ok(c) => c,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("container {container} of pod {namespace}/{pod} has no logs on this node"),
-            );
+            return text(StatusCode::NOT_FOUND, format!("container {container} of pod {namespace}/{pod} has no logs on this node"));
         }
         Err(err) => return text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
     };
-    let start = query
-        .tail_lines
-        .map(|n| tail_start(&content, n))
-        .unwrap_or(0);
-    let running = if query.follow {
-        registry.running(&file)
-    } else {
-        None
-    };
+    let start = query.tail_lines.map(|n| tail_start(&content, n)).unwrap_or(0);
+    let running = if query.follow { registry.running(&file) } else { None };
 
     let body = match running {
         None => {
@@ -244,9 +212,7 @@ pub async fn handle<B>(req: &Request<B>, registry: &LogRegistry) -> Response<Bod
             if let Some(limit) = query.limit_bytes {
                 slice = &slice[..slice.len().min(limit)];
             }
-            Full::new(Bytes::copy_from_slice(slice))
-                .map_err(|never| match never {})
-                .boxed()
+            Full::new(Bytes::copy_from_slice(slice)).map_err(|never| match never {}).boxed()
         }
         Some(rx) => {
             let (tx, out) = mpsc::channel::<Result<Frame<Bytes>, io::Error>>(16);
@@ -256,11 +222,7 @@ pub async fn handle<B>(req: &Request<B>, registry: &LogRegistry) -> Response<Bod
             StreamBody::new(ReceiverStream::new(out)).boxed()
         }
     };
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(body)
-        .expect("log response")
+    Response::builder().status(StatusCode::OK).header("content-type", "text/plain; charset=utf-8").body(body).expect("log response")
 }
 
 /// Byte offset where the last `n` lines start.
@@ -269,11 +231,7 @@ fn tail_start(content: &[u8], n: usize) -> usize {
         return content.len();
     }
     // Ignore a trailing newline: it ends the last line, it does not start a new one.
-    let end = if content.last() == Some(&b'\n') {
-        content.len() - 1
-    } else {
-        content.len()
-    };
+    let end = if content.last() == Some(&b'\n') { content.len() - 1 } else { content.len() };
     let mut seen = 0;
     for i in (0..end).rev() {
         if content[i] == b'\n' {
@@ -318,11 +276,7 @@ async fn follow(
                 Ok(0) => break,
                 Ok(n) => {
                     offset += n as u64;
-                    if tx
-                        .send(Ok(Frame::data(Bytes::copy_from_slice(&buf[..n]))))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(Ok(Frame::data(Bytes::copy_from_slice(&buf[..n])))).await.is_err() {
                         return;
                     }
                 }
@@ -377,15 +331,8 @@ mod tests {
     #[test]
     fn query_and_tail() {
         assert_eq!(
-            parse_query(Some(
-                "follow=true&tailLines=5&limitBytes=10&timestamps=false"
-            )),
-            LogQuery {
-                follow: true,
-                tail_lines: Some(5),
-                limit_bytes: Some(10),
-                previous: false
-            }
+            parse_query(Some("follow=true&tailLines=5&limitBytes=10&timestamps=false")),
+            LogQuery { follow: true, tail_lines: Some(5), limit_bytes: Some(10), previous: false }
         );
         assert_eq!(parse_query(None), LogQuery::default());
         let c = b"a\nb\nc\n";
@@ -422,22 +369,10 @@ mod tests {
             "/containerLogs/NS/pod-1/main",
             "/metrics",
         ] {
-            assert_eq!(
-                handle(&get(uri), &reg).await.status(),
-                StatusCode::NOT_FOUND,
-                "{uri}"
-            );
+            assert_eq!(handle(&get(uri), &reg).await.status(), StatusCode::NOT_FOUND, "{uri}");
         }
-        assert_eq!(
-            handle(&get("/healthz"), &reg).await.status(),
-            StatusCode::OK
-        );
-        assert_eq!(
-            handle(&get("/containerLogs/ns/pod-1/main?previous=true"), &reg)
-                .await
-                .status(),
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(handle(&get("/healthz"), &reg).await.status(), StatusCode::OK);
+        assert_eq!(handle(&get("/containerLogs/ns/pod-1/main?previous=true"), &reg).await.status(), StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]
@@ -449,21 +384,12 @@ mod tests {
         let path = dir.path().join("ns_pod-1_main.log");
         for line in ["second\n", "third\n"] {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .unwrap();
+            let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
             f.write_all(line.as_bytes()).unwrap();
         }
-        assert!(
-            !collect.is_finished(),
-            "follow must wait for the process to exit"
-        );
+        assert!(!collect.is_finished(), "follow must wait for the process to exit");
         drop(guard);
-        let got = tokio::time::timeout(Duration::from_secs(5), collect)
-            .await
-            .unwrap()
-            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), collect).await.unwrap().unwrap();
         assert_eq!(got, b"first\nsecond\nthird\n");
     }
 
@@ -478,20 +404,16 @@ mod tests {
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut tls = connector.connect(name, tcp).await.unwrap();
-        tls.write_all(b"GET /containerLogs/ns/pod-1/main HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        tls.write_all(b"GET /containerLogs/ns/pod-1/main HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
         let mut response = Vec::new();
         tls.read_to_end(&mut response).await.unwrap();
         let response = String::from_utf8_lossy(&response);

@@ -92,11 +92,8 @@ struct Args {
 async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .with_context(|| format!("read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .context("load kubeconfig")?
+            let kc = Kubeconfig::read_from(path).with_context(|| format!("read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.context("load kubeconfig")?
         }
         None => kube::Config::infer().await.context("infer kube config")?,
     };
@@ -121,9 +118,7 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -145,9 +140,7 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(args.work_dir.join("logs")).context("create work dir")?;
     let work_dir = args.work_dir.canonicalize().context("resolve work dir")?;
 
-    let listener = TcpListener::bind(("127.0.0.1", args.log_port))
-        .await
-        .context("bind the log server")?;
+    let listener = TcpListener::bind(("127.0.0.1", args.log_port)).await.context("bind the log server")?;
     let log_port = listener.local_addr()?.port();
     let (acceptor, _cert) = logs::tls_acceptor()?;
     let registry = LogRegistry::new(work_dir.join("logs"));
@@ -167,11 +160,7 @@ async fn main() -> Result<()> {
 
     let cancel = CancellationToken::new();
     let log_server = tokio::spawn(logs::serve(listener, acceptor, registry, cancel.clone()));
-    let fleet = Arc::new(Fleet::new(
-        ctx,
-        args.pools.clone(),
-        EventLog::open(args.events.as_deref())?,
-    ));
+    let fleet = Arc::new(Fleet::new(ctx, args.pools.clone(), EventLog::open(args.events.as_deref())?));
 
     let started = tokio::select! {
         res = fleet.start() => res,
@@ -182,11 +171,7 @@ async fn main() -> Result<()> {
         cancel.cancel();
         return Err(err);
     }
-    let autoscaler = Autoscaler::new(
-        fleet.clone(),
-        Duration::from_millis(args.scale_up_delay_ms),
-        Duration::from_secs(args.idle_secs),
-    );
+    let autoscaler = Autoscaler::new(fleet.clone(), Duration::from_millis(args.scale_up_delay_ms), Duration::from_secs(args.idle_secs));
     let scaler = tokio::spawn(autoscaler.run(client, cancel.clone()));
     tracing::info!(log_port, pools = args.pools.len(), "node agent ready");
     println!("node-agent ready log_port={log_port}");

@@ -13,8 +13,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
-    NodeSystemInfo, Pod,
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Pod,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -41,19 +40,8 @@ const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn node_object(name: &str, pool: &PoolSpec) -> Node {
     let taints = pool.taints();
     Node {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            labels: Some(pool.node_labels(name)),
-            ..Default::default()
-        },
-        spec: Some(NodeSpec {
-            taints: if taints.is_empty() {
-                None
-            } else {
-                Some(taints)
-            },
-            ..Default::default()
-        }),
+        metadata: ObjectMeta { name: Some(name.to_string()), labels: Some(pool.node_labels(name)), ..Default::default() },
+        spec: Some(NodeSpec { taints: if taints.is_empty() { None } else { Some(taints) }, ..Default::default() }),
         status: None,
     }
 }
@@ -69,62 +57,26 @@ pub fn conditions(heartbeat: Timestamp, since: Timestamp) -> Vec<NodeCondition> 
         last_transition_time: Some(Time(since)),
     };
     vec![
-        cond(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
-        ),
-        cond(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
-        ),
-        cond(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-        ),
-        cond(
-            "Ready",
-            "True",
-            "KubeletReady",
-            "node agent is posting ready status",
-        ),
+        cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        cond("Ready", "True", "KubeletReady", "node agent is posting ready status"),
     ]
 }
 
 /// The full node status.
-pub fn node_status(
-    name: &str,
-    pool: &PoolSpec,
-    log_port: u16,
-    heartbeat: Timestamp,
-    since: Timestamp,
-) -> NodeStatus {
+pub fn node_status(name: &str, pool: &PoolSpec, log_port: u16, heartbeat: Timestamp, since: Timestamp) -> NodeStatus {
     NodeStatus {
         capacity: Some(pool.capacity()),
         allocatable: Some(pool.capacity()),
         conditions: Some(conditions(heartbeat, since)),
         addresses: Some(vec![
-            NodeAddress {
-                type_: "InternalIP".to_string(),
-                address: LOOPBACK.to_string(),
-            },
+            NodeAddress { type_: "InternalIP".to_string(), address: LOOPBACK.to_string() },
             // The apiserver prefers the Hostname address when it dials the kubelet (for
             // `kubectl logs`); the node name does not resolve, "localhost" does.
-            NodeAddress {
-                type_: "Hostname".to_string(),
-                address: "localhost".to_string(),
-            },
+            NodeAddress { type_: "Hostname".to_string(), address: "localhost".to_string() },
         ]),
-        daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint {
-                port: i32::from(log_port),
-            }),
-        }),
+        daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(log_port) }) }),
         node_info: Some(NodeSystemInfo {
             architecture: "amd64".to_string(),
             boot_id: format!("boot-{name}"),
@@ -172,23 +124,13 @@ fn apply_params() -> PatchParams {
 /// Creates (or takes over) the Node and writes its status. Returns the Node's UID.
 pub async fn register(ctx: &AgentContext, name: &str, pool: &PoolSpec) -> Result<String> {
     let api: Api<Node> = Api::all(ctx.client.clone());
-    let node = api
-        .patch(
-            name,
-            &apply_params(),
-            &Patch::Apply(&node_object(name, pool)),
-        )
-        .await
-        .with_context(|| format!("apply Node {name}"))?;
+    let node =
+        api.patch(name, &apply_params(), &Patch::Apply(&node_object(name, pool))).await.with_context(|| format!("apply Node {name}"))?;
     let now = Timestamp::now();
     let status = node_status(name, pool, ctx.log_port, now, now);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .with_context(|| format!("write Node {name} status"))?;
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+        .await
+        .with_context(|| format!("write Node {name} status"))?;
     let uid = node.metadata.uid.unwrap_or_default();
     renew_lease(ctx, name, &uid).await?;
     Ok(uid)
@@ -196,44 +138,22 @@ pub async fn register(ctx: &AgentContext, name: &str, pool: &PoolSpec) -> Result
 
 async fn renew_lease(ctx: &AgentContext, name: &str, node_uid: &str) -> Result<()> {
     let api: Api<Lease> = Api::namespaced(ctx.client.clone(), LEASE_NAMESPACE);
-    api.patch(
-        name,
-        &apply_params(),
-        &Patch::Apply(&lease_object(name, node_uid, Timestamp::now())),
-    )
-    .await
-    .with_context(|| format!("renew Lease {LEASE_NAMESPACE}/{name}"))?;
+    api.patch(name, &apply_params(), &Patch::Apply(&lease_object(name, node_uid, Timestamp::now())))
+        .await
+        .with_context(|| format!("renew Lease {LEASE_NAMESPACE}/{name}"))?;
     Ok(())
 }
 
 /// Runs the node until `cancel` fires: heartbeats plus the pod watch. On cancel every pod
 /// worker kills its process (best-effort terminal status) before this returns.
-pub async fn run(
-    ctx: Arc<AgentContext>,
-    name: String,
-    node_uid: String,
-    pool: PoolSpec,
-    cancel: CancellationToken,
-) {
-    let heartbeat = tokio::spawn(heartbeats(
-        ctx.clone(),
-        name.clone(),
-        node_uid,
-        pool,
-        cancel.clone(),
-    ));
+pub async fn run(ctx: Arc<AgentContext>, name: String, node_uid: String, pool: PoolSpec, cancel: CancellationToken) {
+    let heartbeat = tokio::spawn(heartbeats(ctx.clone(), name.clone(), node_uid, pool, cancel.clone()));
     watch_pods(ctx, name.clone(), cancel).await;
     let _ = heartbeat.await;
     tracing::info!(node = %name, "node agent stopped");
 }
 
-async fn heartbeats(
-    ctx: Arc<AgentContext>,
-    name: String,
-    node_uid: String,
-    pool: PoolSpec,
-    cancel: CancellationToken,
-) {
+async fn heartbeats(ctx: Arc<AgentContext>, name: String, node_uid: String, pool: PoolSpec, cancel: CancellationToken) {
     let since = Timestamp::now();
     let mut lease_tick = tokio::time::interval(ctx.lease_interval);
     let mut ready_tick = tokio::time::interval(ctx.ready_interval);
@@ -302,12 +222,7 @@ async fn watch_pods(ctx: Arc<AgentContext>, node: String, cancel: CancellationTo
                 slot.tx.send_replace(Some(Arc::new(pod)));
             } else {
                 let (tx, rx) = watch::channel(Some(Arc::new(pod)));
-                workers.spawn(worker::run(
-                    ctx.clone(),
-                    node.clone(),
-                    rx,
-                    workers_cancel.clone(),
-                ));
+                workers.spawn(worker::run(ctx.clone(), node.clone(), rx, workers_cancel.clone()));
                 slots.insert(uid, PodSlot { tx });
             }
         };
@@ -343,10 +258,7 @@ async fn watch_pods(ctx: Arc<AgentContext>, node: String, cancel: CancellationTo
     workers_cancel.cancel();
     drop(slots);
     let stop = async { while workers.join_next().await.is_some() {} };
-    if tokio::time::timeout(WORKER_STOP_TIMEOUT, stop)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(WORKER_STOP_TIMEOUT, stop).await.is_err() {
         tracing::warn!(node = %node, "pod workers did not stop in time; aborting them");
         workers.abort_all();
     }
@@ -372,18 +284,13 @@ mod tests {
         assert_eq!(labels["kubernetes.io/hostname"], "gpu-1");
         assert_eq!(labels["node.kubernetes.io/instance-type"], "fake-gpu");
         assert_eq!(labels["nvidia.com/gpu.present"], "true");
-        assert_eq!(
-            v["spec"]["taints"][0],
-            json!({"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"})
-        );
+        assert_eq!(v["spec"]["taints"][0], json!({"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}));
         assert!(v.get("status").is_none());
 
         let cpu: PoolSpec = "cpu:min=1,max=2,cpu=16,memory=64Gi".parse().unwrap();
         let v = serde_json::to_value(node_object("cpu-1", &cpu)).unwrap();
         assert!(v["spec"].get("taints").is_none());
-        assert!(v["metadata"]["labels"]
-            .get("nvidia.com/gpu.present")
-            .is_none());
+        assert!(v["metadata"]["labels"].get("nvidia.com/gpu.present").is_none());
     }
 
     #[test]
@@ -396,26 +303,15 @@ mod tests {
         assert_eq!(s["capacity"]["pods"], "110");
         assert_eq!(s["capacity"]["nvidia.com/gpu"], "1");
         assert_eq!(s["allocatable"], s["capacity"]);
-        let ready = s["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Ready")
-            .unwrap();
+        let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
         assert_eq!(ready["status"], "True");
         assert_eq!(ready["lastHeartbeatTime"], "2025-01-01T00:00:10Z");
         assert_eq!(ready["lastTransitionTime"], "2025-01-01T00:00:00Z");
-        assert_eq!(
-            s["addresses"][0],
-            json!({"type": "InternalIP", "address": "127.0.0.1"})
-        );
+        assert_eq!(s["addresses"][0], json!({"type": "InternalIP", "address": "127.0.0.1"}));
         assert_eq!(s["addresses"][1]["type"], "Hostname");
         assert_eq!(s["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
         assert_eq!(s["nodeInfo"]["operatingSystem"], "linux");
-        assert!(s["nodeInfo"]["kubeletVersion"]
-            .as_str()
-            .unwrap()
-            .starts_with("v1.34"));
+        assert!(s["nodeInfo"]["kubeletVersion"].as_str().unwrap().starts_with("v1.34"));
     }
 
     #[tokio::test]
@@ -447,69 +343,27 @@ mod tests {
                 json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "gpu-1", "namespace": "kube-node-lease"}}),
             ] {
                 let (req, send) = handle.next_request().await.unwrap();
-                let ct = req
-                    .headers()
-                    .get("content-type")
-                    .map(|v| v.to_str().unwrap().to_string())
-                    .unwrap_or_default();
+                let ct = req.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
                 let line = format!("{} {} {}", req.method(), req.uri(), ct);
-                let body: serde_json::Value =
-                    serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes())
-                        .unwrap();
+                let body: serde_json::Value = serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
                 seen.push((line, body));
-                send.send_response(
-                    Response::builder()
-                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                        .unwrap(),
-                );
+                send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap());
             }
             seen
         });
         let uid = register(&ctx, "gpu-1", &pool).await.unwrap();
         assert_eq!(uid, "node-uid");
         let seen = server.await.unwrap();
-        assert!(
-            seen[0].0.starts_with("PATCH /api/v1/nodes/gpu-1?"),
-            "{}",
-            seen[0].0
-        );
-        assert!(
-            seen[0].0.contains("fieldManager=proofjobs-node-agent"),
-            "{}",
-            seen[0].0
-        );
-        assert!(
-            seen[0].0.ends_with("application/apply-patch+yaml"),
-            "{}",
-            seen[0].0
-        );
+        assert!(seen[0].0.starts_with("PATCH /api/v1/nodes/gpu-1?"), "{}", seen[0].0);
+        assert!(seen[0].0.contains("fieldManager=proofjobs-node-agent"), "{}", seen[0].0);
+        assert!(seen[0].0.ends_with("application/apply-patch+yaml"), "{}", seen[0].0);
         assert_eq!(seen[0].1["spec"]["taints"][0]["key"], "nvidia.com/gpu");
-        assert!(
-            seen[1].0.starts_with("PATCH /api/v1/nodes/gpu-1/status"),
-            "{}",
-            seen[1].0
-        );
-        assert!(
-            seen[1].0.ends_with("application/merge-patch+json"),
-            "{}",
-            seen[1].0
-        );
-        assert_eq!(
-            seen[1].1["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
-            4443
-        );
+        assert!(seen[1].0.starts_with("PATCH /api/v1/nodes/gpu-1/status"), "{}", seen[1].0);
+        assert!(seen[1].0.ends_with("application/merge-patch+json"), "{}", seen[1].0);
+        assert_eq!(seen[1].1["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"], 4443);
         assert_eq!(seen[1].1["status"]["capacity"]["nvidia.com/gpu"], "1");
-        assert!(
-            seen[2].0.starts_with(
-                "PATCH /apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/gpu-1?"
-            ),
-            "{}",
-            seen[2].0
-        );
-        assert_eq!(
-            seen[2].1["metadata"]["ownerReferences"][0]["uid"],
-            "node-uid"
-        );
+        assert!(seen[2].0.starts_with("PATCH /apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/gpu-1?"), "{}", seen[2].0);
+        assert_eq!(seen[2].1["metadata"]["ownerReferences"][0]["uid"], "node-uid");
     }
 
     #[test]

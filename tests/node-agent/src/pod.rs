@@ -127,52 +127,24 @@ pub struct Host<'a> {
 }
 
 /// Translate the pod's first container into a process spec.
-pub fn translate(
-    pod: &Pod,
-    host: &Host<'_>,
-    sources: &EnvSources,
-) -> Result<ProcessSpec, SpecError> {
+pub fn translate(pod: &Pod, host: &Host<'_>, sources: &EnvSources) -> Result<ProcessSpec, SpecError> {
     let container = first_container(pod).ok_or(SpecError::NoContainer)?;
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_string());
+    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".to_string());
     let name = pod.metadata.name.clone().unwrap_or_default();
 
     let container_env = container_env(pod, container, sources)?;
-    let lookup = |var: &str| {
-        container_env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == var)
-            .map(|(_, v)| v.clone())
-    };
+    let lookup = |var: &str| container_env.iter().rev().find(|(k, _)| k == var).map(|(_, v)| v.clone());
 
-    let command: Vec<String> = container
-        .command
-        .iter()
-        .flatten()
-        .map(|c| expand(c, &lookup))
-        .collect();
-    let args: Vec<String> = container
-        .args
-        .iter()
-        .flatten()
-        .map(|a| expand(a, &lookup))
-        .collect();
+    let command: Vec<String> = container.command.iter().flatten().map(|c| expand(c, &lookup)).collect();
+    let args: Vec<String> = container.args.iter().flatten().map(|a| expand(a, &lookup)).collect();
     let image = container.image.clone().unwrap_or_default();
 
     let (program, args) = match command.first() {
-        Some(c0) if Path::new(c0).is_absolute() && Path::new(c0).exists() => (
-            PathBuf::from(c0),
-            command[1..].iter().cloned().chain(args).collect(),
-        ),
+        Some(c0) if Path::new(c0).is_absolute() && Path::new(c0).exists() => {
+            (PathBuf::from(c0), command[1..].iter().cloned().chain(args).collect())
+        }
         _ => {
-            let bin = host
-                .images
-                .lookup(&image)
-                .ok_or_else(|| SpecError::ImageNotMapped(image.clone()))?;
+            let bin = host.images.lookup(&image).ok_or_else(|| SpecError::ImageNotMapped(image.clone()))?;
             let rest: Vec<String> = command.iter().skip(1).cloned().chain(args).collect();
             (bin.to_path_buf(), rest)
         }
@@ -194,15 +166,7 @@ pub fn translate(
     };
     let log_path = log_path(host.work_dir, &namespace, &name, &container.name);
 
-    Ok(ProcessSpec {
-        container: container.name.clone(),
-        image,
-        program,
-        args,
-        env,
-        working_dir,
-        log_path,
-    })
+    Ok(ProcessSpec { container: container.name.clone(), image, program, args, env, working_dir, log_path })
 }
 
 /// Per-pod scratch directory, the default working directory.
@@ -214,9 +178,7 @@ fn empty_dir_mounts(pod: &Pod, container: &Container, work_dir: &Path) -> Vec<(S
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
     let mut out = Vec::new();
     for mount in container.volume_mounts.iter().flatten() {
-        let is_empty_dir = volumes
-            .and_then(|v| v.iter().find(|v| v.name == mount.name))
-            .is_some_and(|v| v.empty_dir.is_some());
+        let is_empty_dir = volumes.and_then(|v| v.iter().find(|v| v.name == mount.name)).is_some_and(|v| v.empty_dir.is_some());
         if !is_empty_dir || Path::new(&mount.mount_path).exists() {
             continue;
         }
@@ -242,23 +204,12 @@ fn rebase_on_mounts(value: &str, mounts: &[(String, PathBuf)]) -> String {
 pub fn pod_dir(work_dir: &Path, pod: &Pod) -> PathBuf {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or("");
-    let uid: String = pod
-        .metadata
-        .uid
-        .as_deref()
-        .unwrap_or("")
-        .chars()
-        .take(8)
-        .collect();
-    work_dir
-        .join("pods")
-        .join(format!("{namespace}_{name}_{uid}"))
+    let uid: String = pod.metadata.uid.as_deref().unwrap_or("").chars().take(8).collect();
+    work_dir.join("pods").join(format!("{namespace}_{name}_{uid}"))
 }
 
 pub fn log_path(work_dir: &Path, namespace: &str, pod: &str, container: &str) -> PathBuf {
-    work_dir
-        .join("logs")
-        .join(log_file_name(namespace, pod, container))
+    work_dir.join("logs").join(log_file_name(namespace, pod, container))
 }
 
 pub fn log_file_name(namespace: &str, pod: &str, container: &str) -> String {
@@ -267,11 +218,7 @@ pub fn log_file_name(namespace: &str, pod: &str, container: &str) -> String {
 
 /// The container's own variables, in kubelet order: `envFrom` sources first, then `env`
 /// entries (each may refer to earlier ones with `$(NAME)`). Later definitions win.
-fn container_env(
-    pod: &Pod,
-    container: &Container,
-    sources: &EnvSources,
-) -> Result<Vec<(String, String)>, SpecError> {
+fn container_env(pod: &Pod, container: &Container, sources: &EnvSources) -> Result<Vec<(String, String)>, SpecError> {
     let mut env: Vec<(String, String)> = Vec::new();
 
     for from in container.env_from.iter().flatten() {
@@ -280,12 +227,7 @@ fn container_env(
             match sources.config_map(&cm.name) {
                 Some(data) => Some(data),
                 None if cm.optional == Some(true) => None,
-                None => {
-                    return Err(SpecError::Config(format!(
-                        "configmap {:?} not found",
-                        cm.name
-                    )))
-                }
+                None => return Err(SpecError::Config(format!("configmap {:?} not found", cm.name))),
             }
         } else if let Some(s) = &from.secret_ref {
             match sources.secret(&s.name) {
@@ -308,12 +250,7 @@ fn container_env(
         let value = match &var.value_from {
             None => {
                 let raw = var.value.clone().unwrap_or_default();
-                let lookup = |name: &str| {
-                    env.iter()
-                        .rev()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.clone())
-                };
+                let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
                 Some(expand(&raw, &lookup))
             }
             Some(src) => {
@@ -321,12 +258,7 @@ fn container_env(
                     let optional = sel.optional == Some(true);
                     match sources.config_map(&sel.name) {
                         None if optional => None,
-                        None => {
-                            return Err(SpecError::Config(format!(
-                                "configmap {:?} not found",
-                                sel.name
-                            )))
-                        }
+                        None => return Err(SpecError::Config(format!("configmap {:?} not found", sel.name))),
                         Some(data) => match data.get(&sel.key) {
                             Some(v) => Some(v.clone()),
                             None if optional => None,
@@ -344,12 +276,7 @@ fn container_env(
                     let optional = sel.optional == Some(true);
                     match sources.secret(&sel.name) {
                         None if optional => None,
-                        None => {
-                            return Err(SpecError::Config(format!(
-                                "secret {:?} not found",
-                                sel.name
-                            )))
-                        }
+                        None => return Err(SpecError::Config(format!("secret {:?} not found", sel.name))),
                         Some(data) => match data.get(&sel.key) {
                             Some(v) => Some(v.clone()),
                             None if optional => None,
@@ -388,31 +315,17 @@ pub fn field_value(pod: &Pod, path: &str) -> Result<String, SpecError> {
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_default(),
+        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
         // Every fake pod runs on the host network of 127.0.0.1; the kubelet knows the pod IP
         // before the container starts, so report what the status will say.
-        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => {
-            LOOPBACK.to_string()
-        }
+        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => LOOPBACK.to_string(),
         _ => {
             if let Some(key) = subscript(path, "metadata.labels") {
-                meta.labels
-                    .as_ref()
-                    .and_then(|l| l.get(key))
-                    .cloned()
-                    .unwrap_or_default()
+                meta.labels.as_ref().and_then(|l| l.get(key)).cloned().unwrap_or_default()
             } else if let Some(key) = subscript(path, "metadata.annotations") {
-                meta.annotations
-                    .as_ref()
-                    .and_then(|a| a.get(key))
-                    .cloned()
-                    .unwrap_or_default()
+                meta.annotations.as_ref().and_then(|a| a.get(key)).cloned().unwrap_or_default()
             } else {
-                return Err(SpecError::Config(format!(
-                    "unsupported fieldRef path {path:?}"
-                )));
+                return Err(SpecError::Config(format!("unsupported fieldRef path {path:?}")));
             }
         }
     };
@@ -421,14 +334,8 @@ pub fn field_value(pod: &Pod, path: &str) -> Result<String, SpecError> {
 
 /// `metadata.labels['key']` → `key`.
 fn subscript<'a>(path: &'a str, field: &str) -> Option<&'a str> {
-    let inner = path
-        .strip_prefix(field)?
-        .strip_prefix('[')?
-        .strip_suffix(']')?;
-    inner
-        .strip_prefix('\'')
-        .and_then(|s| s.strip_suffix('\''))
-        .or_else(|| inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')))
+    let inner = path.strip_prefix(field)?.strip_prefix('[')?.strip_suffix(']')?;
+    inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')).or_else(|| inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')))
 }
 
 /// Kubernetes `$(VAR)` expansion: defined variables are substituted, undefined references are
@@ -480,10 +387,7 @@ fn set_var(env: &mut Vec<(String, String)>, key: &str, value: String) {
 /// Since Kubernetes 1.30 any printable ASCII except '=' is accepted; the process environment
 /// additionally cannot hold an empty name.
 fn is_env_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| (b' '..=b'~').contains(&b) && b != b'=')
+    !name.is_empty() && name.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'=')
 }
 
 #[cfg(test)]
@@ -517,18 +421,11 @@ mod tests {
     }
 
     fn host<'a>(images: &'a ImageMap, base: &'a [(String, String)]) -> Host<'a> {
-        Host {
-            images,
-            base_env: base,
-            work_dir: Path::new("/work"),
-        }
+        Host { images, base_env: base, work_dir: Path::new("/work") }
     }
 
     fn base() -> Vec<(String, String)> {
-        vec![
-            ("PATH".into(), "/usr/bin:/bin".into()),
-            ("HOME".into(), "/root".into()),
-        ]
+        vec![("PATH".into(), "/usr/bin:/bin".into()), ("HOME".into(), "/root".into())]
     }
 
     fn get<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
@@ -544,9 +441,12 @@ mod tests {
                     {"name": "SHM", "value": "/dev/shm"}],
             "volumeMounts": [{"name": "scratch", "mountPath": "/scratch-proofjobs-test"}, {"name": "dshm", "mountPath": "/dev/shm"}]
         }));
-        p.spec.as_mut().unwrap().volumes = Some(serde_json::from_value(json!([
-            {"name": "scratch", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}
-        ])).unwrap());
+        p.spec.as_mut().unwrap().volumes = Some(
+            serde_json::from_value(json!([
+                {"name": "scratch", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+            ]))
+            .unwrap(),
+        );
         let (im, b) = (images(), base());
         let mut h = host(&im, &b);
         h.work_dir = work.path();
@@ -571,14 +471,8 @@ mod tests {
         assert_eq!(spec.args, vec!["run", "--stage", "prove"]);
         assert_eq!(spec.container, "runner");
         assert_eq!(spec.image, "proofjobs/task-runner:dev");
-        assert_eq!(
-            spec.working_dir,
-            PathBuf::from("/work/pods/proofs_job-a-0-xyz_01234567")
-        );
-        assert_eq!(
-            spec.log_path,
-            PathBuf::from("/work/logs/proofs_job-a-0-xyz_runner.log")
-        );
+        assert_eq!(spec.working_dir, PathBuf::from("/work/pods/proofs_job-a-0-xyz_01234567"));
+        assert_eq!(spec.log_path, PathBuf::from("/work/logs/proofs_job-a-0-xyz_runner.log"));
         assert_eq!(get(&spec.env, "PATH"), Some("/usr/bin:/bin"));
         assert_eq!(get(&spec.env, "HOSTNAME"), Some("job-a-0-xyz"));
     }
@@ -628,14 +522,8 @@ mod tests {
         assert_eq!(f("status.hostIP"), "127.0.0.1");
         assert_eq!(f("metadata.labels['app']"), "runner");
         assert_eq!(f("metadata.labels['missing']"), "");
-        assert_eq!(
-            f("metadata.annotations['batch.kubernetes.io/job-completion-index']"),
-            "3"
-        );
-        assert_eq!(
-            f("metadata.labels[\"batch.kubernetes.io/job-name\"]"),
-            "job-a"
-        );
+        assert_eq!(f("metadata.annotations['batch.kubernetes.io/job-completion-index']"), "3");
+        assert_eq!(f("metadata.labels[\"batch.kubernetes.io/job-name\"]"), "job-a");
         assert!(field_value(&p, "spec.containers").is_err());
     }
 
@@ -667,26 +555,14 @@ mod tests {
         sources.config_maps.insert(
             "settings".into(),
             Some(
-                [
-                    ("MODE", "base"),
-                    ("HOST", "redis.local"),
-                    ("level", "debug"),
-                    ("bad=name", "x"),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ),
-        );
-        sources.config_maps.insert("absent".into(), None);
-        sources.secrets.insert(
-            "creds".into(),
-            Some(
-                [("token".to_string(), "s3cret".to_string())]
+                [("MODE", "base"), ("HOST", "redis.local"), ("level", "debug"), ("bad=name", "x")]
                     .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
             ),
         );
+        sources.config_maps.insert("absent".into(), None);
+        sources.secrets.insert("creds".into(), Some([("token".to_string(), "s3cret".to_string())].into_iter().collect()));
         let (im, b) = (images(), base());
         let spec = translate(&p, &host(&im, &b), &sources).unwrap();
         let env = &spec.env;
@@ -718,9 +594,7 @@ mod tests {
             json!({"name": "c", "image": "proofjobs/task-runner", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "present", "key": "missing"}}}]}),
         ];
         let mut sources = EnvSources::default();
-        sources
-            .config_maps
-            .insert("present".into(), Some(BTreeMap::new()));
+        sources.config_maps.insert("present".into(), Some(BTreeMap::new()));
         let (im, b) = (images(), base());
         for c in cases {
             let err = translate(&pod(c.clone()), &host(&im, &b), &sources).unwrap_err();
@@ -738,14 +612,8 @@ mod tests {
                     {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "s2", "key": "k"}}}]
         }));
         let refs = env_refs(first_container(&p).unwrap());
-        assert_eq!(
-            refs.config_maps.into_iter().collect::<Vec<_>>(),
-            vec!["a", "b"]
-        );
-        assert_eq!(
-            refs.secrets.into_iter().collect::<Vec<_>>(),
-            vec!["s1", "s2"]
-        );
+        assert_eq!(refs.config_maps.into_iter().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(refs.secrets.into_iter().collect::<Vec<_>>(), vec!["s1", "s2"]);
     }
 
     #[test]

@@ -42,9 +42,8 @@ impl FromStr for PoolSpec {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let (name, rest) = s.split_once(':').with_context(|| {
-            format!("pool {s:?}: expected NAME:min=..,max=..,cpu=..,memory=..[,gpus=..]")
-        })?;
+        let (name, rest) =
+            s.split_once(':').with_context(|| format!("pool {s:?}: expected NAME:min=..,max=..,cpu=..,memory=..[,gpus=..]"))?;
         if !is_dns_label(name) {
             bail!("pool name {name:?} is not a DNS label (lowercase letters, digits, '-')");
         }
@@ -59,46 +58,25 @@ impl FromStr for PoolSpec {
             extra_taints: Vec::new(),
         };
         for item in rest.split(',').filter(|i| !i.trim().is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .with_context(|| format!("pool {name}: {item:?} is not key=value"))?;
+            let (key, value) = item.split_once('=').with_context(|| format!("pool {name}: {item:?} is not key=value"))?;
             let value = value.trim();
             match key.trim() {
-                "min" => {
-                    spec.min = value
-                        .parse()
-                        .with_context(|| format!("pool {name}: min={value}"))?
-                }
-                "max" => {
-                    spec.max = value
-                        .parse()
-                        .with_context(|| format!("pool {name}: max={value}"))?
-                }
+                "min" => spec.min = value.parse().with_context(|| format!("pool {name}: min={value}"))?,
+                "max" => spec.max = value.parse().with_context(|| format!("pool {name}: max={value}"))?,
                 "cpu" => {
-                    quantity::cpu_millis(value)
-                        .with_context(|| format!("pool {name}: cpu={value} is not a quantity"))?;
+                    quantity::cpu_millis(value).with_context(|| format!("pool {name}: cpu={value} is not a quantity"))?;
                     spec.cpu = value.to_string();
                 }
                 "memory" => {
-                    quantity::bytes(value).with_context(|| {
-                        format!("pool {name}: memory={value} is not a quantity")
-                    })?;
+                    quantity::bytes(value).with_context(|| format!("pool {name}: memory={value} is not a quantity"))?;
                     spec.memory = value.to_string();
                 }
-                "gpus" => {
-                    spec.gpus = value
-                        .parse()
-                        .with_context(|| format!("pool {name}: gpus={value}"))?
-                }
+                "gpus" => spec.gpus = value.parse().with_context(|| format!("pool {name}: gpus={value}"))?,
                 "label" => {
-                    let (k, v) = value
-                        .split_once('=')
-                        .with_context(|| format!("pool {name}: label={value} is not k=v"))?;
+                    let (k, v) = value.split_once('=').with_context(|| format!("pool {name}: label={value} is not k=v"))?;
                     spec.extra_labels.insert(k.to_string(), v.to_string());
                 }
-                "taint" => spec
-                    .extra_taints
-                    .push(parse_taint(value).with_context(|| format!("pool {name}"))?),
+                "taint" => spec.extra_taints.push(parse_taint(value).with_context(|| format!("pool {name}"))?),
                 other => bail!("pool {name}: unknown key {other:?}"),
             }
         }
@@ -111,9 +89,7 @@ impl FromStr for PoolSpec {
 
 /// `key=value:Effect` or `key:Effect`.
 fn parse_taint(s: &str) -> Result<Taint> {
-    let (kv, effect) = s
-        .rsplit_once(':')
-        .with_context(|| format!("taint {s:?}: expected key[=value]:Effect"))?;
+    let (kv, effect) = s.rsplit_once(':').with_context(|| format!("taint {s:?}: expected key[=value]:Effect"))?;
     if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
         bail!("taint {s:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute");
     }
@@ -124,19 +100,13 @@ fn parse_taint(s: &str) -> Result<Taint> {
     if key.is_empty() {
         bail!("taint {s:?}: empty key");
     }
-    Ok(Taint {
-        key,
-        value,
-        effect: effect.to_string(),
-        time_added: None,
-    })
+    Ok(Taint { key, value, effect: effect.to_string(), time_added: None })
 }
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 50
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -155,10 +125,7 @@ impl PoolSpec {
     pub fn labels(&self) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::new();
         labels.insert(POOL_LABEL.to_string(), self.name.clone());
-        labels.insert(
-            INSTANCE_TYPE_LABEL.to_string(),
-            format!("fake-{}", self.name),
-        );
+        labels.insert(INSTANCE_TYPE_LABEL.to_string(), format!("fake-{}", self.name));
         labels.insert("kubernetes.io/os".to_string(), "linux".to_string());
         labels.insert("kubernetes.io/arch".to_string(), "amd64".to_string());
         labels.insert(MANAGED_LABEL.to_string(), "true".to_string());
@@ -198,10 +165,7 @@ impl PoolSpec {
         cap.insert("cpu".to_string(), Quantity(self.cpu.clone()));
         cap.insert("memory".to_string(), Quantity(self.memory.clone()));
         cap.insert("pods".to_string(), Quantity(MAX_PODS.to_string()));
-        cap.insert(
-            "ephemeral-storage".to_string(),
-            Quantity("100Gi".to_string()),
-        );
+        cap.insert("ephemeral-storage".to_string(), Quantity("100Gi".to_string()));
         if self.is_gpu() {
             cap.insert(GPU_RESOURCE.to_string(), Quantity(self.gpus.to_string()));
         }
@@ -241,9 +205,7 @@ mod tests {
 
     #[test]
     fn parses_gpu_pool_with_extras() {
-        let p: PoolSpec = "gpu:min=0,max=2,cpu=16,memory=64Gi,gpus=1,label=suite=proc,taint=suite=proc:NoSchedule"
-            .parse()
-            .unwrap();
+        let p: PoolSpec = "gpu:min=0,max=2,cpu=16,memory=64Gi,gpus=1,label=suite=proc,taint=suite=proc:NoSchedule".parse().unwrap();
         assert!(p.is_gpu());
         assert_eq!(p.node_name(3), "gpu-3");
         let labels = p.labels();

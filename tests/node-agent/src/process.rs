@@ -36,14 +36,8 @@ impl Exit {
     pub fn from_status(status: ExitStatus) -> Self {
         match (status.code(), status.signal()) {
             (Some(code), _) => Exit { code, signal: None },
-            (None, Some(sig)) => Exit {
-                code: 128 + sig,
-                signal: Some(sig),
-            },
-            (None, None) => Exit {
-                code: 255,
-                signal: None,
-            },
+            (None, Some(sig)) => Exit { code: 128 + sig, signal: Some(sig) },
+            (None, None) => Exit { code: 255, signal: None },
         }
     }
 }
@@ -80,14 +74,8 @@ pub fn spawn(spec: &ProcessSpec) -> io::Result<Running> {
         .process_group(0)
         .kill_on_drop(true);
     let child = cmd.spawn()?;
-    let pid = child
-        .id()
-        .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
-    Ok(Running {
-        pid,
-        started_at: Timestamp::now(),
-        child,
-    })
+    let pid = child.id().ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
+    Ok(Running { pid, started_at: Timestamp::now(), child })
 }
 
 impl Running {
@@ -127,10 +115,7 @@ mod tests {
             image: "sh".into(),
             program: PathBuf::from("/bin/sh"),
             args: vec!["-c".into(), script.into()],
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             working_dir: dir.join("wd"),
             log_path: dir.join("logs").join("ns_p_c.log"),
         }
@@ -138,71 +123,25 @@ mod tests {
 
     #[test]
     fn exit_status_mapping() {
-        assert_eq!(
-            Exit::from_status(ExitStatus::from_raw(0)),
-            Exit {
-                code: 0,
-                signal: None
-            }
-        );
-        assert_eq!(
-            Exit::from_status(ExitStatus::from_raw(3 << 8)),
-            Exit {
-                code: 3,
-                signal: None
-            }
-        );
-        assert_eq!(
-            Exit::from_status(ExitStatus::from_raw(libc::SIGKILL)),
-            Exit {
-                code: 137,
-                signal: Some(9)
-            }
-        );
-        assert_eq!(
-            Exit::from_status(ExitStatus::from_raw(libc::SIGTERM)),
-            Exit {
-                code: 143,
-                signal: Some(15)
-            }
-        );
-        assert_eq!(
-            spawn_error_code(&io::Error::from(io::ErrorKind::NotFound)),
-            127
-        );
-        assert_eq!(
-            spawn_error_code(&io::Error::from(io::ErrorKind::PermissionDenied)),
-            126
-        );
+        assert_eq!(Exit::from_status(ExitStatus::from_raw(0)), Exit { code: 0, signal: None });
+        assert_eq!(Exit::from_status(ExitStatus::from_raw(3 << 8)), Exit { code: 3, signal: None });
+        assert_eq!(Exit::from_status(ExitStatus::from_raw(libc::SIGKILL)), Exit { code: 137, signal: Some(9) });
+        assert_eq!(Exit::from_status(ExitStatus::from_raw(libc::SIGTERM)), Exit { code: 143, signal: Some(15) });
+        assert_eq!(spawn_error_code(&io::Error::from(io::ErrorKind::NotFound)), 127);
+        assert_eq!(spawn_error_code(&io::Error::from(io::ErrorKind::PermissionDenied)), 126);
     }
 
     #[tokio::test]
     async fn runs_with_clean_env_and_logs_both_streams() {
         let tmp = tempfile::tempdir().unwrap();
-        let spec = sh(
-            tmp.path(),
-            "echo out-$FOO; echo err-$HOME >&2; pwd; env | sort; exit 3",
-            &[("FOO", "bar")],
-        );
+        let spec = sh(tmp.path(), "echo out-$FOO; echo err-$HOME >&2; pwd; env | sort; exit 3", &[("FOO", "bar")]);
         let mut run = spawn(&spec).unwrap();
         let exit = run.wait().await.unwrap();
-        assert_eq!(
-            exit,
-            Exit {
-                code: 3,
-                signal: None
-            }
-        );
+        assert_eq!(exit, Exit { code: 3, signal: None });
         let log = std::fs::read_to_string(&spec.log_path).unwrap();
         assert!(log.contains("out-bar"), "{log}");
-        assert!(
-            log.contains("err-\n"),
-            "HOME must not leak from the agent: {log}"
-        );
-        assert!(
-            log.contains(&spec.working_dir.display().to_string()),
-            "{log}"
-        );
+        assert!(log.contains("err-\n"), "HOME must not leak from the agent: {log}");
+        assert!(log.contains(&spec.working_dir.display().to_string()), "{log}");
         // Only FOO plus what sh itself sets (PWD, SHLVL, ...): nothing from the test's env.
         assert!(!log.contains("CARGO"), "{log}");
     }
@@ -218,10 +157,7 @@ mod tests {
         assert_eq!(pgid as u32, run.pid);
         tokio::time::sleep(Duration::from_millis(200)).await;
         run.signal_group(libc::SIGTERM);
-        let exit = tokio::time::timeout(Duration::from_secs(5), run.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), run.wait()).await.unwrap().unwrap();
         assert_eq!(exit.code, 143);
         assert_eq!(exit.signal, Some(libc::SIGTERM));
     }

@@ -11,11 +11,8 @@ pub fn parse(text: &str) -> Option<f64> {
         return None;
     }
     // Split the numeric part from the suffix.
-    let split = s
-        .char_indices()
-        .find(|&(_, c)| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .map(|(i, _)| i)
-        .unwrap_or(s.len());
+    let split =
+        s.char_indices().find(|&(_, c)| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).map(|(i, _)| i).unwrap_or(s.len());
     let (number, suffix) = s.split_at(split);
     let number: f64 = number.parse().ok()?;
     let multiplier = match suffix {
@@ -37,9 +34,7 @@ pub fn parse(text: &str) -> Option<f64> {
         "Ei" => 1024f64.powi(6),
         other => {
             // Decimal exponent form: 1e3, 1E-3.
-            let exp = other
-                .strip_prefix('e')
-                .or_else(|| other.strip_prefix('E'))?;
+            let exp = other.strip_prefix('e').or_else(|| other.strip_prefix('E'))?;
             10f64.powi(exp.parse::<i32>().ok()?)
         }
     };

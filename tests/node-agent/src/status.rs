@@ -6,8 +6,7 @@
 //! sends them as strategic-merge patches on `pods/status` (conditions merge by type).
 
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, HostIP, Pod,
-    PodCondition, PodIP, PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -20,10 +19,7 @@ pub const FAILED: &str = "Failed";
 pub const RUNNING: &str = "Running";
 
 pub fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("Pending")
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending")
 }
 
 /// Succeeded and Failed are final: a pod never leaves them.
@@ -41,10 +37,7 @@ pub fn reported_started(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
-        })
+        .is_some_and(|cs| cs.iter().any(|c| c.state.as_ref().is_some_and(|st| st.running.is_some())))
 }
 
 /// How a container ended, for the terminal status.
@@ -82,60 +75,29 @@ pub fn container_id(pid: u32) -> String {
 }
 
 /// A condition; keeps the existing lastTransitionTime when the status does not change.
-fn condition(
-    pod: &Pod,
-    type_: &str,
-    status: bool,
-    reason: Option<&str>,
-    now: Timestamp,
-) -> PodCondition {
+fn condition(pod: &Pod, type_: &str, status: bool, reason: Option<&str>, now: Timestamp) -> PodCondition {
     let status = if status { "True" } else { "False" }.to_string();
-    let previous = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == type_));
+    let previous = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == type_));
     let last_transition_time = match previous {
-        Some(c) if c.status == status && c.last_transition_time.is_some() => {
-            c.last_transition_time.clone()
-        }
+        Some(c) if c.status == status && c.last_transition_time.is_some() => c.last_transition_time.clone(),
         _ => Some(Time(now)),
     };
-    PodCondition {
-        type_: type_.to_string(),
-        status,
-        reason: reason.map(str::to_string),
-        last_transition_time,
-        ..Default::default()
-    }
+    PodCondition { type_: type_.to_string(), status, reason: reason.map(str::to_string), last_transition_time, ..Default::default() }
 }
 
 fn start_time(pod: &Pod, fallback: Timestamp) -> Time {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.start_time.clone())
-        .unwrap_or(Time(fallback))
+    pod.status.as_ref().and_then(|s| s.start_time.clone()).unwrap_or(Time(fallback))
 }
 
 fn addresses(status: &mut PodStatus) {
     status.host_ip = Some(LOOPBACK.to_string());
-    status.host_ips = Some(vec![HostIP {
-        ip: LOOPBACK.to_string(),
-    }]);
+    status.host_ips = Some(vec![HostIP { ip: LOOPBACK.to_string() }]);
     status.pod_ip = Some(LOOPBACK.to_string());
-    status.pod_ips = Some(vec![PodIP {
-        ip: LOOPBACK.to_string(),
-    }]);
+    status.pod_ips = Some(vec![PodIP { ip: LOOPBACK.to_string() }]);
 }
 
 /// Status right after the process started.
-pub fn running(
-    pod: &Pod,
-    container: &str,
-    image: &str,
-    pid: u32,
-    started_at: Timestamp,
-) -> PodStatus {
+pub fn running(pod: &Pod, container: &str, image: &str, pid: u32, started_at: Timestamp) -> PodStatus {
     let now = started_at;
     let mut status = PodStatus {
         phase: Some(RUNNING.to_string()),
@@ -156,9 +118,7 @@ pub fn running(
             started: Some(true),
             restart_count: 0,
             state: Some(ContainerState {
-                running: Some(ContainerStateRunning {
-                    started_at: Some(Time(started_at)),
-                }),
+                running: Some(ContainerStateRunning { started_at: Some(Time(started_at)) }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -172,11 +132,7 @@ pub fn running(
 /// Final status: Succeeded for exit code 0, Failed otherwise.
 pub fn terminated(pod: &Pod, t: &Termination) -> PodStatus {
     let now = t.finished_at;
-    let phase = if t.exit_code == 0 && t.pod_reason.is_none() {
-        SUCCEEDED
-    } else {
-        FAILED
-    };
+    let phase = if t.exit_code == 0 && t.pod_reason.is_none() { SUCCEEDED } else { FAILED };
     let mut status = PodStatus {
         phase: Some(phase.to_string()),
         reason: t.pod_reason.clone(),
@@ -244,12 +200,7 @@ mod tests {
     }
 
     fn cond<'a>(s: &'a PodStatus, t: &str) -> &'a PodCondition {
-        s.conditions
-            .as_ref()
-            .unwrap()
-            .iter()
-            .find(|c| c.type_ == t)
-            .unwrap()
+        s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap()
     }
 
     #[test]
@@ -291,14 +242,8 @@ mod tests {
             assert_eq!(cond(&s, t).status, "True", "{t}");
         }
         // Unchanged condition keeps its transition time.
-        assert_eq!(
-            cond(&s, "PodScheduled").last_transition_time,
-            Some(Time(ts("2025-01-01T00:00:00Z")))
-        );
-        assert_eq!(
-            cond(&s, "Ready").last_transition_time,
-            Some(Time(ts("2025-01-01T00:00:05Z")))
-        );
+        assert_eq!(cond(&s, "PodScheduled").last_transition_time, Some(Time(ts("2025-01-01T00:00:00Z"))));
+        assert_eq!(cond(&s, "Ready").last_transition_time, Some(Time(ts("2025-01-01T00:00:05Z"))));
     }
 
     fn term(code: i32, signal: Option<i32>) -> Termination {
@@ -340,24 +285,12 @@ mod tests {
         let p = pod(json!({"phase": "Running"}));
         let v = serde_json::to_value(terminated(&p, &term(3, None))).unwrap();
         assert_eq!(v["phase"], "Failed");
-        assert_eq!(
-            v["containerStatuses"][0]["state"]["terminated"]["exitCode"],
-            3
-        );
-        assert_eq!(
-            v["containerStatuses"][0]["state"]["terminated"]["reason"],
-            "Error"
-        );
+        assert_eq!(v["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3);
+        assert_eq!(v["containerStatuses"][0]["state"]["terminated"]["reason"], "Error");
         let v = serde_json::to_value(terminated(&p, &term(137, Some(9)))).unwrap();
         assert_eq!(v["phase"], "Failed");
-        assert_eq!(
-            v["containerStatuses"][0]["state"]["terminated"]["exitCode"],
-            137
-        );
-        assert_eq!(
-            v["containerStatuses"][0]["state"]["terminated"]["signal"],
-            9
-        );
+        assert_eq!(v["containerStatuses"][0]["state"]["terminated"]["exitCode"], 137);
+        assert_eq!(v["containerStatuses"][0]["state"]["terminated"]["signal"], 9);
     }
 
     #[test]

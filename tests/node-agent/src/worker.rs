@@ -53,11 +53,7 @@ pub async fn run(ctx: Arc<AgentContext>, node: String, rx: PodRx, cancel: Cancel
     let w = Worker {
         ctx,
         node,
-        namespace: pod
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
+        namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
         name: pod.metadata.name.clone().unwrap_or_default(),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         rx,
@@ -80,10 +76,7 @@ impl Worker {
             return self.finish_deletion().await;
         }
         let container = pod::first_container(&pod).cloned();
-        let (cname, image) = container
-            .as_ref()
-            .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-            .unwrap_or_default();
+        let (cname, image) = container.as_ref().map(|c| (c.name.clone(), c.image.clone().unwrap_or_default())).unwrap_or_default();
 
         if status::is_deleting(&pod) || status::reported_started(&pod) {
             // Deleted before we started it, or started by a previous incarnation of the agent
@@ -109,18 +102,12 @@ impl Worker {
             return self.finish_deletion().await;
         }
 
-        let policy = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.as_deref())
-            .unwrap_or("Always");
+        let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
         if policy != "Never" {
             tracing::warn!(pod = %self.name, namespace = %self.namespace, policy,
                 "restartPolicy is not Never; the node agent runs the container once (as Never)");
         }
-        if pod.spec.as_ref().is_some_and(|s| {
-            s.containers.len() > 1 || s.init_containers.as_ref().is_some_and(|i| !i.is_empty())
-        }) {
+        if pod.spec.as_ref().is_some_and(|s| s.containers.len() > 1 || s.init_containers.as_ref().is_some_and(|i| !i.is_empty())) {
             tracing::warn!(pod = %self.name, namespace = %self.namespace,
                 "pod has more than one container; the node agent runs only the first");
         }
@@ -128,11 +115,7 @@ impl Worker {
         // Translate the spec.
         let spec = match self.fetch_sources(&pod).await {
             Ok(sources) => {
-                let host = Host {
-                    images: &self.ctx.images,
-                    base_env: &self.ctx.base_env,
-                    work_dir: &self.ctx.work_dir,
-                };
+                let host = Host { images: &self.ctx.images, base_env: &self.ctx.base_env, work_dir: &self.ctx.work_dir };
                 pod::translate(&pod, &host, &sources)
             }
             Err(e) => Err(e),
@@ -159,10 +142,7 @@ impl Worker {
         };
 
         // Start it.
-        let log_guard = self
-            .ctx
-            .logs
-            .start(&self.namespace, &self.name, &spec.container);
+        let log_guard = self.ctx.logs.start(&self.namespace, &self.name, &spec.container);
         let mut proc = match process::spawn(&spec) {
             Ok(p) => p,
             Err(err) => {
@@ -190,13 +170,7 @@ impl Worker {
 
         let latest = self.latest().unwrap_or_else(|| pod.clone());
         if !status::is_terminal(&latest) {
-            let running = status::running(
-                &latest,
-                &spec.container,
-                &spec.image,
-                proc.pid,
-                proc.started_at,
-            );
+            let running = status::running(&latest, &spec.container, &spec.image, proc.pid, proc.started_at);
             self.patch_status(&latest, &running).await;
         }
 
@@ -239,10 +213,7 @@ impl Worker {
         let finished_at = Timestamp::now();
         let exit = exit.unwrap_or_else(|err| {
             tracing::warn!(pod = %self.name, %err, "waiting for the process failed");
-            Exit {
-                code: 255,
-                signal: None,
-            }
+            Exit { code: 255, signal: None }
         });
         tracing::info!(node = %self.node, pod = %self.name, namespace = %self.namespace, exit_code = exit.code, "container exited");
 
@@ -269,8 +240,7 @@ impl Worker {
             if matches!(nodes.get_opt(&self.node).await, Ok(None)) {
                 return;
             }
-            let _ = tokio::time::timeout(SHUTDOWN_STATUS_TIMEOUT, self.write_terminal(&latest, &t))
-                .await;
+            let _ = tokio::time::timeout(SHUTDOWN_STATUS_TIMEOUT, self.write_terminal(&latest, &t)).await;
             return;
         }
         self.write_terminal(&latest, &t).await;
@@ -286,16 +256,12 @@ impl Worker {
         let mut sources = EnvSources::default();
         let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         for name in refs.config_maps {
-            let cm = retry(|| cms.get_opt(&name))
-                .await
-                .map_err(|e| SpecError::Config(format!("configmap {name:?}: {e}")))?;
+            let cm = retry(|| cms.get_opt(&name)).await.map_err(|e| SpecError::Config(format!("configmap {name:?}: {e}")))?;
             sources.config_maps.insert(name, cm.map(config_map_data));
         }
         let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         for name in refs.secrets {
-            let s = retry(|| secrets.get_opt(&name))
-                .await
-                .map_err(|e| SpecError::Config(format!("secret {name:?}: {e}")))?;
+            let s = retry(|| secrets.get_opt(&name)).await.map_err(|e| SpecError::Config(format!("secret {name:?}: {e}")))?;
             sources.secrets.insert(name, s.map(secret_data));
         }
         Ok(sources)
@@ -361,10 +327,7 @@ impl Worker {
     async fn delete_now(&self) {
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(self.uid.clone()),
-                resource_version: None,
-            }),
+            preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
             ..Default::default()
         };
         let api = self.api();
@@ -381,11 +344,7 @@ pub fn grace_period(pod: &Pod, max: Duration) -> Duration {
     let secs = pod
         .metadata
         .deletion_grace_period_seconds
-        .or_else(|| {
-            pod.spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-        })
+        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
         .unwrap_or(30)
         .max(0) as u64;
     Duration::from_secs(secs).min(max)
@@ -414,19 +373,14 @@ where
 pub fn config_map_data(cm: ConfigMap) -> std::collections::BTreeMap<String, String> {
     let mut data = cm.data.unwrap_or_default();
     for (k, v) in cm.binary_data.unwrap_or_default() {
-        data.entry(k)
-            .or_insert_with(|| String::from_utf8_lossy(&v.0).into_owned());
+        data.entry(k).or_insert_with(|| String::from_utf8_lossy(&v.0).into_owned());
     }
     data
 }
 
 pub fn secret_data(s: Secret) -> std::collections::BTreeMap<String, String> {
-    let mut data: std::collections::BTreeMap<String, String> = s
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-        .collect();
+    let mut data: std::collections::BTreeMap<String, String> =
+        s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())).collect();
     for (k, v) in s.string_data.unwrap_or_default() {
         data.insert(k, v);
     }
@@ -441,15 +395,9 @@ mod tests {
     #[test]
     fn grace_is_capped_and_prefers_deletion_grace() {
         let max = Duration::from_secs(30);
-        let p: Pod = serde_json::from_value(
-            json!({"spec": {"containers": [], "terminationGracePeriodSeconds": 5}}),
-        )
-        .unwrap();
+        let p: Pod = serde_json::from_value(json!({"spec": {"containers": [], "terminationGracePeriodSeconds": 5}})).unwrap();
         assert_eq!(grace_period(&p, max), Duration::from_secs(5));
-        let p: Pod = serde_json::from_value(
-            json!({"spec": {"containers": [], "terminationGracePeriodSeconds": 600}}),
-        )
-        .unwrap();
+        let p: Pod = serde_json::from_value(json!({"spec": {"containers": [], "terminationGracePeriodSeconds": 600}})).unwrap();
         assert_eq!(grace_period(&p, max), max);
         let p: Pod = serde_json::from_value(json!({
             "metadata": {"deletionGracePeriodSeconds": 0},
@@ -500,24 +448,13 @@ mod tests {
 
     /// Next request: (method, path+query, JSON body); answers 200 with `reply`.
     async fn expect(handle: &mut ApiHandle, reply: &Pod) -> (String, String, serde_json::Value) {
-        let (req, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
-            .await
-            .expect("a request in time")
-            .expect("a request");
+        let (req, send) =
+            tokio::time::timeout(Duration::from_secs(10), handle.next_request()).await.expect("a request in time").expect("a request");
         let method = req.method().to_string();
         let uri = req.uri().to_string();
         let bytes = req.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        send.send_response(
-            Response::builder()
-                .status(200)
-                .body(Body::from(serde_json::to_vec(reply).unwrap()))
-                .unwrap(),
-        );
+        let body = if bytes.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        send.send_response(Response::builder().status(200).body(Body::from(serde_json::to_vec(reply).unwrap())).unwrap());
         (method, uri, body)
     }
 
@@ -529,9 +466,7 @@ mod tests {
 
     fn deleting(pod: &Pod) -> Pod {
         let mut p = pod.clone();
-        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            Timestamp::now(),
-        ));
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
         p
     }
 
@@ -539,19 +474,13 @@ mod tests {
     async fn runs_process_reports_exit_and_finalizes_deletion() {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, mut api) = ctx(dir.path(), ImageMap::default());
-        let pod = test_pod(
-            json!({"name": "c", "image": "unmapped", "command": ["/bin/sh", "-c", "echo hello-$HOSTNAME; exit 3"]}),
-            30,
-        );
+        let pod = test_pod(json!({"name": "c", "image": "unmapped", "command": ["/bin/sh", "-c", "echo hello-$HOSTNAME; exit 3"]}), 30);
         let (tx, rx) = watch::channel(Some(Arc::new(pod.clone())));
         let task = tokio::spawn(run(ctx, "cpu-1".into(), rx, CancellationToken::new()));
 
         let (method, uri, body) = expect(&mut api, &pod).await;
         assert_eq!(method, "PATCH");
-        assert!(
-            uri.starts_with("/api/v1/namespaces/ns/pods/p/status"),
-            "{uri}"
-        );
+        assert!(uri.starts_with("/api/v1/namespaces/ns/pods/p/status"), "{uri}");
         assert_eq!(body["metadata"]["uid"], "uid-1");
         assert_eq!(body["status"]["phase"], "Running");
         let running = with_status(&pod, &body["status"]);
@@ -574,20 +503,14 @@ mod tests {
         assert!(uri.starts_with("/api/v1/namespaces/ns/pods/p"), "{uri}");
         assert_eq!(body["gracePeriodSeconds"], 0);
         assert_eq!(body["preconditions"]["uid"], "uid-1");
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn deletion_stops_the_process_with_sigterm() {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, mut api) = ctx(dir.path(), ImageMap::default());
-        let pod = test_pod(
-            json!({"name": "c", "image": "x", "command": ["/bin/sleep", "60"]}),
-            5,
-        );
+        let pod = test_pod(json!({"name": "c", "image": "x", "command": ["/bin/sleep", "60"]}), 5);
         let (tx, rx) = watch::channel(Some(Arc::new(pod.clone())));
         let task = tokio::spawn(run(ctx, "cpu-1".into(), rx, CancellationToken::new()));
 
@@ -598,41 +521,25 @@ mod tests {
         tx.send_replace(Some(Arc::new(running.clone())));
 
         let (_, _, body) = expect(&mut api, &running).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "SIGTERM, not the grace timeout, must end sleep"
-        );
+        assert!(started.elapsed() < Duration::from_secs(4), "SIGTERM, not the grace timeout, must end sleep");
         assert_eq!(body["status"]["phase"], "Failed");
         let term = &body["status"]["containerStatuses"][0]["state"]["terminated"];
         assert_eq!(term["exitCode"], 143);
         assert_eq!(term["signal"], 15);
-        assert_eq!(
-            body["status"]["conditions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["type"] == "Ready")
-                .unwrap()["status"],
-            "False"
-        );
+        assert_eq!(body["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["status"], "False");
 
         let (method, _, body) = expect(&mut api, &running).await;
         assert_eq!(method, "DELETE");
         assert_eq!(body["gracePeriodSeconds"], 0);
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn grace_timeout_escalates_to_sigkill() {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, mut api) = ctx(dir.path(), ImageMap::default());
-        let pod = test_pod(
-            json!({"name": "c", "image": "x", "command": ["/bin/sh", "-c", "trap '' TERM; echo up; sleep 60; sleep 60"]}),
-            1,
-        );
+        let pod =
+            test_pod(json!({"name": "c", "image": "x", "command": ["/bin/sh", "-c", "trap '' TERM; echo up; sleep 60; sleep 60"]}), 1);
         let (tx, rx) = watch::channel(Some(Arc::new(pod.clone())));
         let task = tokio::spawn(run(ctx, "cpu-1".into(), rx, CancellationToken::new()));
         let (_, _, body) = expect(&mut api, &pod).await;
@@ -645,45 +552,27 @@ mod tests {
         assert_eq!(term["exitCode"], 137, "{body}");
         let (method, _, _) = expect(&mut api, &running).await;
         assert_eq!(method, "DELETE");
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn success_and_unmapped_image() {
         let dir = tempfile::tempdir().unwrap();
-        let true_bin = if std::path::Path::new("/bin/true").exists() {
-            "/bin/true"
-        } else {
-            "/usr/bin/true"
-        };
+        let true_bin = if std::path::Path::new("/bin/true").exists() { "/bin/true" } else { "/usr/bin/true" };
         let images = ImageMap::parse(&[format!("tools/true={true_bin}")]).unwrap();
         let (ctx, mut api) = ctx(dir.path(), images);
 
         // Mapped image, exit 0 → Succeeded.
         let pod = test_pod(json!({"name": "c", "image": "tools/true:1"}), 30);
         let (tx, rx) = watch::channel(Some(Arc::new(pod.clone())));
-        let task = tokio::spawn(run(
-            ctx.clone(),
-            "cpu-1".into(),
-            rx,
-            CancellationToken::new(),
-        ));
+        let task = tokio::spawn(run(ctx.clone(), "cpu-1".into(), rx, CancellationToken::new()));
         let (_, _, body) = expect(&mut api, &pod).await;
         assert_eq!(body["status"]["phase"], "Running");
         let (_, _, body) = expect(&mut api, &pod).await;
         assert_eq!(body["status"]["phase"], "Succeeded");
-        assert_eq!(
-            body["status"]["containerStatuses"][0]["state"]["terminated"]["reason"],
-            "Completed"
-        );
+        assert_eq!(body["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
         tx.send_replace(None); // pod gone
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
 
         // Unknown image → Failed 127 ImageNotMapped, without ever running.
         let pod = test_pod(json!({"name": "c", "image": "nobody/knows:1"}), 30);
@@ -692,22 +581,14 @@ mod tests {
         let (_, _, body) = expect(&mut api, &pod).await;
         assert_eq!(body["status"]["phase"], "Failed");
         assert_eq!(body["status"]["reason"], "ImageNotMapped");
-        assert_eq!(
-            body["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
-            127
-        );
+        assert_eq!(body["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 127);
         drop(tx);
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     #[test]
     fn object_data_decoding() {
-        let cm: ConfigMap =
-            serde_json::from_value(json!({"data": {"a": "1"}, "binaryData": {"b": "aGk="}}))
-                .unwrap();
+        let cm: ConfigMap = serde_json::from_value(json!({"data": {"a": "1"}, "binaryData": {"b": "aGk="}})).unwrap();
         let d = config_map_data(cm);
         assert_eq!(d["a"], "1");
         assert_eq!(d["b"], "hi");

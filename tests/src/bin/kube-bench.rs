@@ -76,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let watch = tokio::spawn({
         let seen = seen.clone();
-        let stream = watcher(jobs.clone(), watcher::Config::default().labels("app.kubernetes.io/managed-by=proofjobs")).applied_objects().default_backoff();
+        let stream = watcher(jobs.clone(), watcher::Config::default().labels("app.kubernetes.io/managed-by=proofjobs"))
+            .applied_objects()
+            .default_backoff();
         async move {
             futures::pin_mut!(stream);
             while let Some(Ok(job)) = stream.next().await {
@@ -134,9 +136,23 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|");
     println!("| stage-ready → Job created, 10 proofs/s, p50 | {} | {} |", ms(pct(&light, 50)), ms(pct(&direct, 50)));
     println!("| stage-ready → Job created, 10 proofs/s, p99 | {} | {} |", ms(pct(&light, 99)), ms(pct(&direct, 99)));
-    println!("| burst of {} at once: latency p50 / p99 | {} / {} | |", proofs - LIGHT_LOAD_PROOFS, ms(pct(&burst_latencies, 50)), ms(pct(&burst_latencies, 99)));
-    println!("| burst: Jobs/s sustained | {:.1} | {:.1} (sequential) |", burst.len() as f64 / burst_secs, BASELINE_CREATES as f64 / direct.iter().map(Duration::as_secs_f64).sum::<f64>());
-    println!("| dispatcher CPU during the burst | {:.1} s for {} Jobs ({:.1} ms/Job) | |", cpu_burst, burst.len(), cpu_burst * 1000.0 / burst.len() as f64);
+    println!(
+        "| burst of {} at once: latency p50 / p99 | {} / {} | |",
+        proofs - LIGHT_LOAD_PROOFS,
+        ms(pct(&burst_latencies, 50)),
+        ms(pct(&burst_latencies, 99))
+    );
+    println!(
+        "| burst: Jobs/s sustained | {:.1} | {:.1} (sequential) |",
+        burst.len() as f64 / burst_secs,
+        BASELINE_CREATES as f64 / direct.iter().map(Duration::as_secs_f64).sum::<f64>()
+    );
+    println!(
+        "| dispatcher CPU during the burst | {:.1} s for {} Jobs ({:.1} ms/Job) | |",
+        cpu_burst,
+        burst.len(),
+        cpu_burst * 1000.0 / burst.len() as f64
+    );
     println!("| dispatcher CPU, {in_flight} proofs in flight, steady | {:.1} % of a core | |", cpu_steady * 100.0);
     println!("| dispatcher RSS now / peak | {rss:.0} MB / {hwm:.0} MB | |");
     println!("| Jobs in the namespace | {job_count} | |");
@@ -175,7 +191,8 @@ fn ms(d: Duration) -> String {
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
@@ -184,7 +201,13 @@ fn cpu_secs(pid: u32) -> f64 {
 fn memory_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
