@@ -404,8 +404,10 @@ impl ArtifactClient for RedisStore {
     }
 }
 
+/// Against a real Redis (`REDIS_URL`): the fast test tier skips `live` modules, the full suite
+/// runs them with the services up.
 #[cfg(test)]
-mod tests {
+mod live {
     use super::*;
     use crate::artifacts::{codec::tests::random_bytes, is_transient, ArtifactStore};
 
@@ -623,6 +625,11 @@ mod tests {
         assert!(waited >= Duration::from_millis(600) && waited < Duration::from_secs(3), "{waited:?}");
         s.delete(&id, ArtifactType::Stdin).await.unwrap();
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn memory_reading_parse_and_watermark() {
