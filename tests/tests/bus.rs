@@ -113,3 +113,35 @@ async fn a_late_finish_from_a_runner_declared_gone_changes_nothing() {
     assert_eq!(db.fail_task(&b.id, &b.claim(), "duplicate", false).await.unwrap(), None);
     assert_eq!(db.task_states(std::slice::from_ref(&task_id)).await.unwrap(), vec![(task_id.clone(), TaskState::Succeeded)]);
 }
+
+/// The notification listener stops when told, and lets go of its connection before the pool
+/// closes: nothing is left to talk to a database that is about to stop (embedded mode stops its
+/// PostgreSQL right after).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_notification_listener_lets_go_of_its_connection_on_shutdown() {
+    let test_db = TestDb::create().await.unwrap();
+    let db = test_db.db().await;
+    let listening = |db: proofjobs_pipeline::state::Db, name: String| async move {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query ILIKE 'listen%'")
+            .bind(name)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        n
+    };
+    let notifications = Notifications::listen(&db).await.unwrap();
+    let observer = TestDb { url: test_db.url.clone(), name: test_db.name.clone() }.db().await;
+    assert_eq!(listening(observer.clone(), test_db.name.clone()).await, 1, "one LISTEN session while listening");
+    notifications.shutdown().await;
+    db.close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while listening(observer.clone(), test_db.name.clone()).await != 0 {
+        assert!(std::time::Instant::now() < deadline, "the LISTEN session outlived shutdown");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A waiter still works on its timer after the listener is gone.
+    let mut rx = notifications.subscribe();
+    let started = std::time::Instant::now();
+    proofjobs_pipeline::state::wait_for(&mut rx, None, Duration::from_millis(300)).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}

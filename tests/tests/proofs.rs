@@ -49,6 +49,28 @@ fn prove_embedded(elf: &Path, stdin: &Path, mode: &str, out: &Path, key_cache: &
     logs
 }
 
+/// An embedded run shuts down in order (dispatcher and api, runners, the notification listener,
+/// the pool, then PostgreSQL): it prints no warning and no error, even at the end. Execute mode:
+/// nothing to prove, only the start-up and shutdown paths.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_embedded_run_ends_without_a_warning() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let (elf, stdin) = write_inputs(dir.path(), 1000);
+    let result = std::process::Command::new(bin("proofctl"))
+        .args(["prove", "--mode", "execute", "--quiet", "--elf"])
+        .arg(&elf)
+        .arg("--stdin")
+        .arg(&stdin)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    let noisy: Vec<&str> = stderr.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+    assert!(noisy.is_empty(), "the embedded run printed:\n{}", noisy.join("\n"));
+}
+
 /// The README's main job: `proofctl prove` with no --api, for core and compressed proofs. The
 /// compressed proof is made twice, with the recursion keys loaded from the key cache and with the
 /// cache off (every key computed, as SP1 does): both verify with the stock verifier and carry the
