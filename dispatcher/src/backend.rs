@@ -2,7 +2,7 @@
 //! one, and report which ended. The local backend uses child processes; the Kubernetes backend
 //! uses Jobs. Both read their runner's fate from the exit-code contract.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use proofjobs_pipeline::{ids, stage::Stage, state::RunnerRow};
 use tokio::sync::Notify;
@@ -60,6 +60,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Woken when the backend's world changes (a watch event), besides the database's notifications.
     fn changed(&self) -> Option<Arc<Notify>> {
         None
+    }
+    /// Whether a change the backend announced may have ended a runner (so a full pass is due)
+    /// rather than only altered what a live one shows (an observe sweep is enough).
+    fn take_ended(&self) -> bool {
+        true
+    }
+    /// The runner groups (by handle, e.g. Job name) whose backend objects changed since the last
+    /// call, so the observe sweep visits them; `None` when the backend lost track (a watch
+    /// relisted) and every group should be visited.
+    fn take_changed(&self) -> Option<HashSet<String>> {
+        Some(HashSet::new())
     }
     /// Keep a live runner group in step with its load (progress shown to operators, parallelism).
     /// Returns how long its pods have waited for capacity, when they are waiting.

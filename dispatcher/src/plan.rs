@@ -4,7 +4,7 @@
 //! hung runners, adoption after a restart — is decided here and unit-tested without services.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -171,10 +171,12 @@ struct Planner<'a> {
     groups: BTreeMap<(String, Vec<Stage>), GroupState>,
     /// Counted failures per proof, all groups together.
     failures: HashMap<String, i32>,
+    /// Active proofs by id.
+    active: HashMap<&'a str, &'a ActiveProof>,
     /// Proofs failed by this pass: nothing more is started for them.
-    failed: Vec<String>,
-    /// Runners that stay live after this pass.
-    serving: Vec<(String, Vec<Stage>)>,
+    failed: HashSet<String>,
+    /// Runner groups that stay live after this pass.
+    serving: HashSet<(String, Vec<Stage>)>,
     actions: Vec<Action>,
 }
 
@@ -186,16 +188,16 @@ impl<'a> Planner<'a> {
             *failures.entry(g.proof_id.clone()).or_default() += g.failures;
             groups.insert((g.proof_id.clone(), g.stages.clone()), g.clone());
         }
-        Planner { snapshot, policy, groups, failures, failed: Vec::new(), serving: Vec::new(), actions: Vec::new() }
+        let active = snapshot.active.iter().map(|p| (p.id.as_str(), p)).collect();
+        Planner { snapshot, policy, groups, failures, active, failed: HashSet::new(), serving: HashSet::new(), actions: Vec::new() }
     }
 
     fn active(&self, proof_id: &str) -> Option<&'a ActiveProof> {
-        self.snapshot.active.iter().find(|p| p.id == proof_id)
+        self.active.get(proof_id).copied()
     }
 
     fn fail(&mut self, proof_id: &str, cause: String) {
-        if !self.failed.iter().any(|p| p == proof_id) {
-            self.failed.push(proof_id.to_string());
+        if self.failed.insert(proof_id.to_string()) {
             self.actions.push(Action::FailProof { proof_id: proof_id.to_string(), cause });
         }
     }
@@ -241,7 +243,7 @@ impl<'a> Planner<'a> {
             }
             return;
         };
-        self.serving.push((row.proof_id.clone(), row.stages.clone()));
+        self.serving.insert((row.proof_id.clone(), row.stages.clone()));
         if let Some(waited) = view.waiting_for_capacity.filter(|w| *w > self.policy.capacity_wait_limit) {
             let cause = format!(
                 "waiting for capacity: no node could run stage {} for {} s (limit {} s); check the node group's scaling and the stage profile",
@@ -368,7 +370,7 @@ impl<'a> Planner<'a> {
         wanted.sort();
         wanted.dedup();
         for stages in wanted {
-            if self.serving.iter().any(|(p, s)| *p == proof.id && *s == stages) {
+            if self.serving.contains(&(proof.id.clone(), stages.clone())) {
                 continue;
             }
             let state = self.groups.get(&(proof.id.clone(), stages.clone()));

@@ -1,17 +1,25 @@
 //! The reconcile loop. Level-triggered: every pass reads the durable state and the backend's view,
 //! asks the planner (`plan.rs`) what to do, and does it — so a missed wake-up or a restart costs a
-//! pass, nothing more. Actions run proof by proof: an error in one proof's actions is logged and
-//! the pass goes on with the others.
+//! pass, nothing more. Actions run proof by proof, several proofs at once: an error in one proof's
+//! actions is logged and the pass goes on with the others. New runners start before the sweep
+//! that keeps live runner groups' views current, and the sweep only visits groups whose proof or
+//! backend objects changed (or that it has not seen for a while), so a pass costs little when
+//! thousands of proofs are in flight and nothing changes.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use chrono::Utc;
+use futures::StreamExt;
 use proofjobs_pipeline::{
     stage::{stage_list, Stage},
     state::{wait_for, Db, Notifications, ProofStatus, RunnerRow},
 };
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::{
     backend::{Backend, GroupLoad, RunnerSpec},
@@ -20,18 +28,33 @@ use crate::{
 
 /// How long a launch that failed (apiserver unreachable, binary missing) holds its group back.
 const LAUNCH_RETRY: Duration = Duration::from_secs(5);
-/// A pass runs at least this often even when nothing wakes the loop (heartbeats, deadlines).
-const IDLE_PASS: Duration = Duration::from_secs(1);
+/// A pass runs at least this often even when nothing wakes the loop: what no notification or
+/// watch event announces (silent heartbeats, deadlines, a process that died without a word) is
+/// noticed within this. Kept at seconds so that 10,000 proofs in flight cost little when idle.
+const IDLE_PASS: Duration = Duration::from_secs(3);
+/// A live runner group is observed at least this often even when nothing about it changed.
+const OBSERVE_REFRESH: Duration = Duration::from_secs(30);
+/// Proofs whose actions run at once, and runner groups observed at once.
+const CONCURRENCY: usize = 16;
 
 pub struct Dispatcher<B: Backend> {
     db: Db,
     backend: Arc<B>,
     policy: Policy,
+    observed: Mutex<Observed>,
+}
+
+/// What the observe sweep last saw, per runner.
+#[derive(Default)]
+struct Observed {
+    at: HashMap<String, Instant>,
+    /// How long its pods had waited for capacity, when it was observed.
+    waiting: HashMap<String, (Duration, Instant)>,
 }
 
 impl<B: Backend> Dispatcher<B> {
     pub fn new(db: Db, backend: Arc<B>, policy: Policy) -> Self {
-        Dispatcher { db, backend, policy }
+        Dispatcher { db, backend, policy, observed: Mutex::default() }
     }
 
     pub fn backend(&self) -> &Arc<B> {
@@ -43,64 +66,87 @@ impl<B: Backend> Dispatcher<B> {
         let mut wake = notifications.subscribe();
         let changed = self.backend.changed().unwrap_or_default();
         tracing::info!(backend = self.backend.name(), "dispatcher running");
+        // The first pass looks at everything; later ones at what changed.
+        let mut changed_proofs: Option<HashSet<String>> = None;
+        let mut live: Vec<RunnerRow> = Vec::new();
         loop {
             if *stop.borrow() {
                 return Ok(());
             }
-            if let Err(e) = self.reconcile().await {
-                tracing::warn!("reconcile pass failed: {e:#}");
+            match self.pass(changed_proofs.as_ref()).await {
+                Ok(now_live) => live = now_live,
+                Err(e) => tracing::warn!("reconcile pass failed: {e:#}"),
             }
-            tokio::select! {
-                _ = wait_for(&mut wake, None, IDLE_PASS) => {}
-                _ = changed.notified() => {}
-                _ = stop.changed() => {}
-            }
-        }
-    }
-
-    /// One pass: gather, plan, act.
-    pub async fn reconcile(&self) -> Result<()> {
-        let snapshot = self.snapshot().await?;
-        let actions = plan(&snapshot, &self.policy);
-        let mut by_proof: Vec<(String, Vec<Action>)> = Vec::new();
-        for action in actions {
-            match by_proof.iter_mut().find(|(p, _)| p == action.proof_id()) {
-                Some((_, list)) => list.push(action),
-                None => by_proof.push((action.proof_id().to_string(), vec![action])),
-            }
-        }
-        for (proof_id, actions) in by_proof {
-            for action in actions {
-                if let Err(e) = self.execute(&action).await {
-                    tracing::warn!(proof = %proof_id, "{e:#}; the proof's remaining actions wait for the next pass");
-                    break;
+            // Wait for a reason to pass again. Backend events that only change what a live runner
+            // group shows (pods scheduled, unschedulable) are handled by an observe sweep alone.
+            let idle = tokio::time::sleep(IDLE_PASS);
+            tokio::pin!(idle);
+            loop {
+                tokio::select! {
+                    _ = wait_for(&mut wake, None, IDLE_PASS) => break,
+                    _ = &mut idle => break,
+                    _ = changed.notified() => {
+                        if self.backend.take_ended() {
+                            break;
+                        }
+                        if let Err(e) = self.observe(&live, Some(&HashSet::new())).await {
+                            tracing::warn!("observe sweep failed: {e:#}");
+                        }
+                    }
+                    _ = stop.changed() => break,
                 }
             }
+            changed_proofs = drain(&mut wake);
         }
-        Ok(())
     }
 
-    async fn snapshot(&self) -> Result<Snapshot> {
+    /// One pass over everything: gather, plan, act, observe.
+    pub async fn reconcile(&self) -> Result<()> {
+        self.pass(None).await.map(drop)
+    }
+
+    /// One pass; `changed_proofs` names the proofs notified since the last one (`None`: all).
+    /// Returns the runners still live after it.
+    async fn pass(&self, changed_proofs: Option<&HashSet<String>>) -> Result<Vec<RunnerRow>> {
+        let (snapshot, live) = self.snapshot().await?;
+        let actions = plan(&snapshot, &self.policy);
+        let mut by_proof: HashMap<String, Vec<Action>> = HashMap::new();
+        for action in actions {
+            by_proof.entry(action.proof_id().to_string()).or_default().push(action);
+        }
+        let touched: HashSet<String> = by_proof.keys().cloned().collect();
+        let _: Vec<()> = futures::stream::iter(by_proof)
+            .map(|(proof_id, actions)| self.act(proof_id, actions))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let ended: HashSet<&str> =
+            snapshot.runners.iter().filter(|r| r.ended.is_some() || r.row.exited_at.is_some()).map(|r| r.row.id.as_str()).collect();
+        let live: Vec<RunnerRow> = live.iter().filter(|r| !ended.contains(r.id.as_str())).cloned().collect();
+        let changed = changed_proofs.map(|c| c.union(&touched).cloned().collect::<HashSet<String>>());
+        self.observe(&live, changed.as_ref()).await?;
+        Ok(live)
+    }
+
+    /// The snapshot the planner reads, and the runner rows it came from.
+    async fn snapshot(&self) -> Result<(Snapshot, Vec<RunnerRow>)> {
         let backend_name = self.backend.name();
         let live = self.db.unreaped_runners(backend_name).await?;
-        // Progress first, so a runner that ends below has its final counts shown.
-        let waiting = self.observe(&live).await?;
+        let waiting = self.waiting();
         let ended: HashMap<String, Option<i32>> = self.backend.reap(&live).await?.into_iter().map(|e| (e.runner_id, e.exit_code)).collect();
-        let proofs = self.db.active_proofs().await?;
         let mut pending: HashMap<String, Vec<Stage>> = HashMap::new();
         for (proof_id, stage) in self.db.pending_stages().await? {
             pending.entry(proof_id).or_default().push(stage);
         }
-        let active: Vec<ActiveProof> = proofs
+        let active: Vec<ActiveProof> = self
+            .db
+            .active_proof_heads()
+            .await?
             .into_iter()
-            .map(|p| ActiveProof {
-                pending_stages: pending.remove(&p.id).unwrap_or_default(),
-                id: p.id,
-                status: p.status,
-                deadline: p.deadline,
-            })
+            .map(|(id, status, deadline)| ActiveProof { pending_stages: pending.remove(&id).unwrap_or_default(), id, status, deadline })
             .collect();
-        let mut gone: Vec<String> = live.iter().map(|r| r.proof_id.clone()).filter(|id| !active.iter().any(|p| p.id == *id)).collect();
+        let active_ids: HashSet<&str> = active.iter().map(|p| p.id.as_str()).collect();
+        let mut gone: Vec<String> = live.iter().filter(|r| !active_ids.contains(r.proof_id.as_str())).map(|r| r.proof_id.clone()).collect();
         gone.sort();
         gone.dedup();
         let finished_at = self.db.finish_times(&gone).await?.into_iter().collect();
@@ -110,39 +156,99 @@ impl<B: Backend> Dispatcher<B> {
         ids.dedup();
         let groups = self.db.group_states(&ids, backend_name).await?;
         let runners = live
-            .into_iter()
-            .map(|row| RunnerView { ended: ended.get(&row.id).copied(), waiting_for_capacity: waiting.get(&row.id).copied(), row })
+            .iter()
+            .map(|row| RunnerView {
+                ended: ended.get(&row.id).copied(),
+                waiting_for_capacity: waiting.get(&row.id).copied(),
+                row: row.clone(),
+            })
             .collect();
-        Ok(Snapshot { now: Utc::now(), active, runners, finished_at, groups, heartbeats: self.backend.heartbeats() })
+        Ok((Snapshot { now: Utc::now(), active, runners, finished_at, groups, heartbeats: self.backend.heartbeats() }, live))
     }
 
-    /// Tell the backend each live runner group's load (progress shown to operators, parallelism);
-    /// collect how long groups have waited for capacity. A failure here is one runner's, not the pass's.
-    async fn observe(&self, live: &[RunnerRow]) -> Result<HashMap<String, Duration>> {
-        let mut ids: Vec<String> = live.iter().map(|r| r.proof_id.clone()).collect();
+    /// How long each runner group has waited for capacity, as of now, from the last sweep.
+    fn waiting(&self) -> HashMap<String, Duration> {
+        let observed = self.observed.lock().unwrap();
+        observed.waiting.iter().map(|(id, (waited, at))| (id.clone(), *waited + at.elapsed())).collect()
+    }
+
+    /// Tell the backend the load of live runner groups (progress shown to operators,
+    /// parallelism) and note how long they have waited for capacity. Visits the groups of
+    /// `changed` proofs, all of them when the backend's world changed (or `changed` is `None`),
+    /// and any not seen for `OBSERVE_REFRESH`. A failure here is one runner's, not the pass's.
+    async fn observe(&self, live: &[RunnerRow], changed: Option<&HashSet<String>>) -> Result<()> {
+        let backend_changed = self.backend.take_changed();
+        let everything = backend_changed.is_none() || changed.is_none();
+        let due: Vec<&RunnerRow> = {
+            let mut observed = self.observed.lock().unwrap();
+            let ids: HashSet<&str> = live.iter().map(|r| r.id.as_str()).collect();
+            observed.at.retain(|id, _| ids.contains(id.as_str()));
+            observed.waiting.retain(|id, _| ids.contains(id.as_str()));
+            live.iter()
+                .filter(|r| {
+                    everything
+                        || changed.is_some_and(|c| c.contains(&r.proof_id))
+                        || backend_changed.as_ref().is_some_and(|b| b.contains(&r.handle) || b.contains(&r.id))
+                        || observed.at.get(&r.id).is_none_or(|t| t.elapsed() > OBSERVE_REFRESH)
+                })
+                .collect()
+        };
+        tracing::debug!(live = live.len(), due = due.len(), everything, "observe sweep");
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<String> = due.iter().map(|r| r.proof_id.clone()).collect();
+        ids.sort();
         ids.dedup();
         let progress = self.db.stage_progress_of(&ids).await?;
-        let mut waiting = HashMap::new();
-        for runner in live {
-            let mut load = GroupLoad::default();
-            for stage in &runner.stages {
-                if let Some(p) = progress.get(&runner.proof_id).and_then(|m| m.get(stage)) {
-                    load.done += p.done;
-                    load.total += p.total;
-                    load.open += p.pending + p.running;
+        // Owned rows: a stream of borrowed ones trips rustc's higher-ranked Send check when the loop is spawned.
+        let loads: Vec<(RunnerRow, GroupLoad)> = due
+            .into_iter()
+            .map(|runner| {
+                let mut load = GroupLoad::default();
+                for stage in &runner.stages {
+                    if let Some(p) = progress.get(&runner.proof_id).and_then(|m| m.get(stage)) {
+                        load.done += p.done;
+                        load.total += p.total;
+                        load.open += p.pending + p.running;
+                    }
+                    load.concurrency = load.concurrency.max(stage.runner_concurrency());
                 }
-                load.concurrency = load.concurrency.max(stage.runner_concurrency());
-            }
-            match self.backend.observe(runner, &load).await {
-                Ok(Some(waited)) => {
-                    tracing::debug!(runner = %runner.id, secs = waited.as_secs(), "waiting for capacity");
-                    waiting.insert(runner.id.clone(), waited);
+                (runner.clone(), load)
+            })
+            .collect();
+        let results: Vec<(String, Result<Option<Duration>>)> =
+            futures::stream::iter(loads).map(|(runner, load)| self.observe_one(runner, load)).buffer_unordered(CONCURRENCY).collect().await;
+        let now = Instant::now();
+        let mut observed = self.observed.lock().unwrap();
+        for (runner_id, result) in results {
+            match result {
+                Ok(waited) => {
+                    observed.at.insert(runner_id.clone(), now);
+                    match waited {
+                        Some(waited) => observed.waiting.insert(runner_id, (waited, now)),
+                        None => observed.waiting.remove(&runner_id),
+                    };
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(runner = %runner.id, "observing runner: {e:#}"),
+                Err(e) => tracing::warn!(runner = %runner_id, "observing runner: {e:#}"),
             }
         }
-        Ok(waiting)
+        Ok(())
+    }
+
+    /// One proof's actions, in order; the first error leaves the rest for the next pass.
+    async fn act(&self, proof_id: String, actions: Vec<Action>) {
+        for action in actions {
+            if let Err(e) = self.execute(&action).await {
+                tracing::warn!(proof = %proof_id, "{e:#}; the proof's remaining actions wait for the next pass");
+                return;
+            }
+        }
+    }
+
+    async fn observe_one(&self, runner: RunnerRow, load: GroupLoad) -> (String, Result<Option<Duration>>) {
+        let result = self.backend.observe(&runner, &load).await;
+        (runner.id, result)
     }
 
     async fn execute(&self, action: &Action) -> Result<()> {
@@ -194,5 +300,20 @@ impl<B: Backend> Dispatcher<B> {
             }
         }
         Ok(())
+    }
+}
+
+/// The proofs named by the notifications waiting in `wake`; `None` when some were lost (the
+/// channel lagged), so the next pass looks at everything.
+fn drain(wake: &mut broadcast::Receiver<String>) -> Option<HashSet<String>> {
+    let mut proofs = HashSet::new();
+    loop {
+        match wake.try_recv() {
+            Ok(id) => {
+                proofs.insert(id);
+            }
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => return Some(proofs),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => return None,
+        }
     }
 }

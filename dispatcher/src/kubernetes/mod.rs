@@ -8,8 +8,11 @@ pub mod profiles;
 pub mod view;
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -41,6 +44,9 @@ use self::{
 };
 use crate::backend::{Backend, Ended, GroupLoad, Note, RunnerSpec};
 
+/// Pods by Job name, as of a count of pod watch events.
+type PodIndex = (u64, HashMap<String, Vec<Arc<Pod>>>);
+
 /// The label the Job controller puts on a Job's pods.
 const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 /// How long a runner row may exist without its Job or pod in view before it counts as gone
@@ -66,6 +72,15 @@ pub struct KubeBackend {
     jobs: reflector::Store<Job>,
     pods: reflector::Store<Pod>,
     changed: Arc<Notify>,
+    /// Jobs whose Job or pods changed since the observe sweep last asked (`None`: all of them).
+    dirty: Arc<Mutex<Option<HashSet<String>>>>,
+    /// Set when a Job finished or vanished (or the watch relisted): a full pass is due.
+    ends: Arc<AtomicBool>,
+    /// Set when a GPU Job finished or vanished: suspended GPU Jobs are due for a look.
+    gpus_freed: Arc<AtomicBool>,
+    /// Bumped by every pod event, so the pods-by-Job index is rebuilt only when pods changed.
+    pod_events: Arc<AtomicU64>,
+    pods_by_job: Mutex<PodIndex>,
     settings: KubeSettings,
     db: Db,
     /// GPU pods granted per Job by this process (parallelism × gpus), ahead of the watch.
@@ -90,6 +105,10 @@ impl KubeBackend {
         let ns = settings.job.namespace.clone();
         let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
         let changed = Arc::new(Notify::new());
+        let dirty: Arc<Mutex<Option<HashSet<String>>>> = Arc::new(Mutex::new(None));
+        let ends = Arc::new(AtomicBool::new(true));
+        let gpus_freed = Arc::new(AtomicBool::new(false));
+        let pod_events = Arc::new(AtomicU64::new(1));
         let jobs_api = Api::<Job>::namespaced(client.clone(), &ns);
         let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
         let instance = std::env::var("HOSTNAME").ok();
@@ -98,8 +117,30 @@ impl KubeBackend {
         let (pods, pods_writer) = reflector::store();
         let config = watcher::Config::default().labels(&selector);
         let watchers = vec![
-            spawn_reflector("jobs", reflector(jobs_writer, watcher(jobs_api.clone(), config.clone())), changed.clone()),
-            spawn_reflector("pods", reflector(pods_writer, watcher(pods_api.clone(), config)), changed.clone()),
+            spawn_reflector("jobs", reflector(jobs_writer, watcher(jobs_api.clone(), config.clone())), {
+                let (changed, dirty) = (changed.clone(), dirty.clone());
+                let (ends, gpus_freed) = (ends.clone(), gpus_freed.clone());
+                move |job: Option<&Job>, deleted: bool| {
+                    // A Job that finished or went away is a runner's end: the planner must see it,
+                    // and GPU Jobs queued behind the cap may now start.
+                    if job.is_none_or(|j| deleted || finished(j).is_some()) {
+                        ends.store(true, Ordering::SeqCst);
+                        if job.is_none_or(|j| job_gpus(j) > 0) {
+                            gpus_freed.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    mark_dirty(&dirty, job.map(|j| j.name_any()));
+                    changed.notify_one();
+                }
+            }),
+            spawn_reflector("pods", reflector(pods_writer, watcher(pods_api.clone(), config)), {
+                let (changed, dirty, pod_events) = (changed.clone(), dirty.clone(), pod_events.clone());
+                move |pod: Option<&Pod>, _deleted: bool| {
+                    pod_events.fetch_add(1, Ordering::SeqCst);
+                    mark_dirty(&dirty, pod.map(|p| p.labels().get(JOB_NAME_LABEL).cloned().unwrap_or_default()));
+                    changed.notify_one();
+                }
+            }),
         ];
         let synced = async {
             jobs.wait_until_ready().await?;
@@ -117,6 +158,11 @@ impl KubeBackend {
             jobs,
             pods,
             changed,
+            dirty,
+            ends,
+            gpus_freed,
+            pod_events,
+            pods_by_job: Mutex::default(),
             settings,
             db,
             granted: Mutex::new(HashMap::new()),
@@ -129,8 +175,30 @@ impl KubeBackend {
         self.jobs.get(&ObjectRef::new(name).within(&self.settings.job.namespace))
     }
 
+    /// A Job's pods from the index the observe sweep refreshes once per pass (cheap at 10,000
+    /// Jobs; at most one pass old).
     fn pods_of(&self, job: &str) -> Vec<Arc<Pod>> {
+        let index = self.pods_by_job.lock().unwrap();
+        index.1.get(job).cloned().unwrap_or_default()
+    }
+
+    /// A Job's pods as the watch has them now.
+    fn pods_of_now(&self, job: &str) -> Vec<Arc<Pod>> {
         self.pods.state().into_iter().filter(|p| p.labels().get(JOB_NAME_LABEL).map(String::as_str) == Some(job)).collect()
+    }
+
+    fn refresh_pod_index(&self) {
+        let events = self.pod_events.load(Ordering::SeqCst);
+        let mut index = self.pods_by_job.lock().unwrap();
+        if index.0 != events {
+            let mut by_job: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+            for pod in self.pods.state() {
+                if let Some(job) = pod.labels().get(JOB_NAME_LABEL) {
+                    by_job.entry(job.clone()).or_default().push(pod);
+                }
+            }
+            *index = (events, by_job);
+        }
     }
 
     /// GPU pods in use or granted: unfinished, unsuspended GPU Jobs' parallelism × gpus.
@@ -211,7 +279,7 @@ impl KubeBackend {
     }
 }
 
-fn spawn_reflector<S, K>(what: &'static str, stream: S, changed: Arc<Notify>) -> JoinHandle<()>
+fn spawn_reflector<S, K>(what: &'static str, stream: S, on_event: impl Fn(Option<&K>, bool) + Send + 'static) -> JoinHandle<()>
 where
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     K: Send + 'static,
@@ -220,12 +288,30 @@ where
         let stream = stream.default_backoff();
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!("watching {what}: {e}");
+            match &event {
+                Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => on_event(Some(obj), false),
+                Ok(watcher::Event::Delete(obj)) => on_event(Some(obj), true),
+                // A (re)list: anything may have changed.
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => on_event(None, false),
+                Err(e) => {
+                    tracing::warn!("watching {what}: {e}");
+                    on_event(None, false);
+                }
             }
-            changed.notify_one();
         }
     })
+}
+
+/// Note that `job` changed (`None`: possibly every Job).
+fn mark_dirty(dirty: &Mutex<Option<HashSet<String>>>, job: Option<String>) {
+    let mut dirty = dirty.lock().unwrap();
+    match (dirty.as_mut(), job) {
+        (Some(jobs), Some(job)) => {
+            jobs.insert(job);
+        }
+        (Some(_), None) => *dirty = None,
+        (None, _) => {}
+    }
 }
 
 /// The Job a runner row stands for: its handle once launched (the id is the same name).
@@ -296,6 +382,22 @@ impl Backend for KubeBackend {
         Some(self.changed.clone())
     }
 
+    fn take_ended(&self) -> bool {
+        self.ends.swap(false, Ordering::SeqCst)
+    }
+
+    fn take_changed(&self) -> Option<HashSet<String>> {
+        self.refresh_pod_index();
+        let mut changed = self.dirty.lock().unwrap().replace(HashSet::new());
+        if self.gpus_freed.swap(false, Ordering::SeqCst) {
+            if let Some(changed) = changed.as_mut() {
+                let queued = self.jobs.state().into_iter().filter(|j| j.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false));
+                changed.extend(queued.map(|j| j.name_any()));
+            }
+        }
+        changed
+    }
+
     async fn launch(&self, spec: &RunnerSpec) -> Result<String> {
         let profile = self.settings.profiles.for_group(&spec.stages);
         let gpus = profile.gpus;
@@ -357,7 +459,7 @@ impl Backend for KubeBackend {
                     match finished(&job) {
                         Some(JobEnd::Complete) => Some(Some(exit::DONE)),
                         // The code the deciding pod's runner exited with, as its container status says.
-                        Some(JobEnd::Failed) => Some(view::deciding_exit_code(&self.pods_of(name))),
+                        Some(JobEnd::Failed) => Some(view::deciding_exit_code(&self.pods_of_now(name))),
                         None => None,
                     }
                 }

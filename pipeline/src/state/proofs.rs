@@ -291,6 +291,13 @@ impl Db {
         Ok(sqlx::query_as("SELECT * FROM proofs WHERE status IN ('pending', 'running') ORDER BY created_at").fetch_all(&self.pool).await?)
     }
 
+    /// (id, status, deadline) of every unfinished proof: what the dispatcher's passes read.
+    pub async fn active_proof_heads(&self) -> Result<Vec<(String, ProofStatus, DateTime<Utc>)>> {
+        Ok(sqlx::query_as("SELECT id, status, deadline FROM proofs WHERE status IN ('pending', 'running') ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     pub async fn count_active_proofs(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM proofs WHERE status IN ('pending', 'running')").fetch_one(&self.pool).await?)
     }
