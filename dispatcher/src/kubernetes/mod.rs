@@ -1,33 +1,26 @@
-//! The Kubernetes backend: a runner group is a Job (docs/ARCHITECTURE.md, "Kubernetes backend"). The dispatcher's view of Jobs
-//! and their pods comes from kube-runtime reflectors (watches, not polling); a watch event wakes
-//! the reconcile loop. Each pod of a Job is its own runner on the task bus (its own claims), so a
+//! The Kubernetes backend: a runner group is a Job (docs/ARCHITECTURE.md, "Kubernetes backend").
+//! `job_spec.rs` builds Jobs, `profiles.rs` holds the stage profiles, `view.rs` decides what a
+//! Job shows, `watch.rs` keeps the dispatcher's view of Jobs and pods (watches, not polling; an
+//! event wakes the reconcile loop). Each pod of a Job is its own runner on the task bus (its own claims), so a
 //! pod that dies has exactly its own tasks handed back.
 
 pub mod job_spec;
 pub mod profiles;
 pub mod view;
+pub mod watch;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context, Result};
 use chrono::Utc;
-use futures::StreamExt;
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    runtime::{
-        events::{Event, EventType, Recorder, Reporter},
-        reflector,
-        reflector::ObjectRef,
-        watcher, WatchStreamExt,
-    },
+    runtime::events::{Event, EventType, Recorder, Reporter},
     Api, Client, Resource, ResourceExt,
 };
 use proofjobs_pipeline::{
@@ -35,20 +28,16 @@ use proofjobs_pipeline::{
     stage::{group_name, labels, stage_list, Stage},
     state::{Db, RunnerRow},
 };
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::sync::Notify;
 
 use self::{
-    job_spec::{build_job, job_name, JobSettings, GPU_RESOURCE, POD_BACKEND},
+    job_spec::{build_job, job_name, JobSettings, POD_BACKEND},
     profiles::StageProfiles,
-    view::{JobView, Waiting},
+    view::{container_exit_code, finished, job_gpus, JobEnd, JobView, Waiting},
+    watch::Watch,
 };
 use crate::backend::{Backend, Ended, GroupLoad, Note, RunnerSpec};
 
-/// Pods by Job name, as of a count of pod watch events.
-type PodIndex = (u64, HashMap<String, Vec<Arc<Pod>>>);
-
-/// The label the Job controller puts on a Job's pods.
-const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 /// How long a runner row may exist without its Job or pod in view before it counts as gone
 /// (covers watch lag after a create; a real loss is far longer-lived).
 const VANISH_GRACE: Duration = Duration::from_secs(60);
@@ -69,136 +58,25 @@ pub struct KubeBackend {
     jobs_api: Api<Job>,
     pods_api: Api<Pod>,
     recorder: Recorder,
-    jobs: reflector::Store<Job>,
-    pods: reflector::Store<Pod>,
-    changed: Arc<Notify>,
-    /// Jobs whose Job or pods changed since the observe sweep last asked (`None`: all of them).
-    dirty: Arc<Mutex<Option<HashSet<String>>>>,
-    /// Set when a Job finished or vanished (or the watch relisted): a full pass is due.
-    ends: Arc<AtomicBool>,
-    /// Set when a GPU Job finished or vanished: suspended GPU Jobs are due for a look.
-    gpus_freed: Arc<AtomicBool>,
-    /// Bumped by every pod event, so the pods-by-Job index is rebuilt only when pods changed.
-    pod_events: Arc<AtomicU64>,
-    pods_by_job: Mutex<PodIndex>,
+    watch: Watch,
     settings: KubeSettings,
     db: Db,
     /// GPU pods granted per Job by this process (parallelism × gpus), ahead of the watch.
     granted: Mutex<HashMap<String, u32>>,
     /// Jobs this process has seen in the watch: one missing after that was deleted, not lagging.
-    seen: Mutex<std::collections::HashSet<String>>,
-    watchers: Vec<JoinHandle<()>>,
-}
-
-impl Drop for KubeBackend {
-    fn drop(&mut self) {
-        for w in &self.watchers {
-            w.abort();
-        }
-    }
+    seen: Mutex<HashSet<String>>,
 }
 
 impl KubeBackend {
-    /// Start the Job and pod reflectors and wait for their first full listing, so adoption after
-    /// a restart sees every Job that exists.
+    /// Start watching Jobs and pods, and wait for their first full listing.
     pub async fn start(client: Client, settings: KubeSettings, db: Db) -> Result<KubeBackend> {
         let ns = settings.job.namespace.clone();
-        let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGER);
-        let changed = Arc::new(Notify::new());
-        let dirty: Arc<Mutex<Option<HashSet<String>>>> = Arc::new(Mutex::new(None));
-        let ends = Arc::new(AtomicBool::new(true));
-        let gpus_freed = Arc::new(AtomicBool::new(false));
-        let pod_events = Arc::new(AtomicU64::new(1));
         let jobs_api = Api::<Job>::namespaced(client.clone(), &ns);
         let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
+        let watch = Watch::start(jobs_api.clone(), pods_api.clone(), &ns).await?;
         let instance = std::env::var("HOSTNAME").ok();
         let recorder = Recorder::new(client, Reporter { controller: "proofjobs-dispatcher".into(), instance });
-        let (jobs, jobs_writer) = reflector::store();
-        let (pods, pods_writer) = reflector::store();
-        let config = watcher::Config::default().labels(&selector);
-        let watchers = vec![
-            spawn_reflector("jobs", reflector(jobs_writer, watcher(jobs_api.clone(), config.clone())), {
-                let (changed, dirty) = (changed.clone(), dirty.clone());
-                let (ends, gpus_freed) = (ends.clone(), gpus_freed.clone());
-                move |job: Option<&Job>, deleted: bool| {
-                    // A Job that finished or went away is a runner's end: the planner must see it,
-                    // and GPU Jobs queued behind the cap may now start.
-                    if job.is_none_or(|j| deleted || finished(j).is_some()) {
-                        ends.store(true, Ordering::SeqCst);
-                        if job.is_none_or(|j| job_gpus(j) > 0) {
-                            gpus_freed.store(true, Ordering::SeqCst);
-                        }
-                    }
-                    mark_dirty(&dirty, job.map(|j| j.name_any()));
-                    changed.notify_one();
-                }
-            }),
-            spawn_reflector("pods", reflector(pods_writer, watcher(pods_api.clone(), config)), {
-                let (changed, dirty, pod_events) = (changed.clone(), dirty.clone(), pod_events.clone());
-                move |pod: Option<&Pod>, _deleted: bool| {
-                    pod_events.fetch_add(1, Ordering::SeqCst);
-                    mark_dirty(&dirty, pod.map(|p| p.labels().get(JOB_NAME_LABEL).cloned().unwrap_or_default()));
-                    changed.notify_one();
-                }
-            }),
-        ];
-        let synced = async {
-            jobs.wait_until_ready().await?;
-            pods.wait_until_ready().await
-        };
-        tokio::time::timeout(Duration::from_secs(60), synced)
-            .await
-            .with_context(|| format!("listing Jobs and pods in namespace {ns} took over 60 s (is the apiserver reachable?)"))?
-            .context("watch ended before its first listing")?;
-        tracing::info!(namespace = %ns, jobs = jobs.state().len(), pods = pods.state().len(), "kubernetes backend watching");
-        Ok(KubeBackend {
-            jobs_api,
-            pods_api,
-            recorder,
-            jobs,
-            pods,
-            changed,
-            dirty,
-            ends,
-            gpus_freed,
-            pod_events,
-            pods_by_job: Mutex::default(),
-            settings,
-            db,
-            granted: Mutex::new(HashMap::new()),
-            seen: Mutex::default(),
-            watchers,
-        })
-    }
-
-    fn job(&self, name: &str) -> Option<Arc<Job>> {
-        self.jobs.get(&ObjectRef::new(name).within(&self.settings.job.namespace))
-    }
-
-    /// A Job's pods from the index the observe sweep refreshes once per pass (cheap at 10,000
-    /// Jobs; at most one pass old).
-    fn pods_of(&self, job: &str) -> Vec<Arc<Pod>> {
-        let index = self.pods_by_job.lock().unwrap();
-        index.1.get(job).cloned().unwrap_or_default()
-    }
-
-    /// A Job's pods as the watch has them now.
-    fn pods_of_now(&self, job: &str) -> Vec<Arc<Pod>> {
-        self.pods.state().into_iter().filter(|p| p.labels().get(JOB_NAME_LABEL).map(String::as_str) == Some(job)).collect()
-    }
-
-    fn refresh_pod_index(&self) {
-        let events = self.pod_events.load(Ordering::SeqCst);
-        let mut index = self.pods_by_job.lock().unwrap();
-        if index.0 != events {
-            let mut by_job: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
-            for pod in self.pods.state() {
-                if let Some(job) = pod.labels().get(JOB_NAME_LABEL) {
-                    by_job.entry(job.clone()).or_default().push(pod);
-                }
-            }
-            *index = (events, by_job);
-        }
+        Ok(KubeBackend { jobs_api, pods_api, recorder, watch, settings, db, granted: Mutex::new(HashMap::new()), seen: Mutex::default() })
     }
 
     /// GPU pods in use or granted: unfinished, unsuspended GPU Jobs' parallelism × gpus.
@@ -206,7 +84,7 @@ impl KubeBackend {
         let granted = self.granted.lock().unwrap();
         let mut total = 0;
         let mut seen = std::collections::HashSet::new();
-        for job in self.jobs.state() {
+        for job in self.watch.jobs() {
             let name = job.name_any();
             seen.insert(name.clone());
             if finished(&job).is_some() {
@@ -227,7 +105,8 @@ impl KubeBackend {
     /// Pods of a Job that the scheduler could not place, and since when.
     fn unschedulable_for(&self, job: &str) -> Option<Duration> {
         let now = k8s_openapi::jiff::Timestamp::now();
-        self.pods_of(job)
+        self.watch
+            .pods_of(job)
             .iter()
             .filter_map(|pod| {
                 let conditions = pod.status.as_ref()?.conditions.as_ref()?;
@@ -245,7 +124,7 @@ impl KubeBackend {
     async fn reap_pods(&self, rows: &[RunnerRow]) -> Result<()> {
         let now = Utc::now();
         for row in rows {
-            let pod = self.pods.get(&ObjectRef::new(&row.id).within(&self.settings.job.namespace));
+            let pod = self.watch.pod(&row.id);
             match pod {
                 Some(pod) => {
                     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
@@ -263,7 +142,7 @@ impl KubeBackend {
                             Err(e) => return Err(e).with_context(|| format!("deleting hung pod {}", row.id)),
                         }
                         self.db.runner_exited(&row.id, None, Some(&why)).await?;
-                        if let Some(job) = self.job(&row.handle) {
+                        if let Some(job) = self.watch.job(&row.handle) {
                             self.event(&job, true, "RunnerHung", format!("pod {} {why}; deleted, its tasks handed back", row.id)).await;
                         }
                     }
@@ -276,41 +155,6 @@ impl KubeBackend {
             }
         }
         Ok(())
-    }
-}
-
-fn spawn_reflector<S, K>(what: &'static str, stream: S, on_event: impl Fn(Option<&K>, bool) + Send + 'static) -> JoinHandle<()>
-where
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    K: Send + 'static,
-{
-    tokio::spawn(async move {
-        let stream = stream.default_backoff();
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match &event {
-                Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => on_event(Some(obj), false),
-                Ok(watcher::Event::Delete(obj)) => on_event(Some(obj), true),
-                // A (re)list: anything may have changed.
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => on_event(None, false),
-                Err(e) => {
-                    tracing::warn!("watching {what}: {e}");
-                    on_event(None, false);
-                }
-            }
-        }
-    })
-}
-
-/// Note that `job` changed (`None`: possibly every Job).
-fn mark_dirty(dirty: &Mutex<Option<HashSet<String>>>, job: Option<String>) {
-    let mut dirty = dirty.lock().unwrap();
-    match (dirty.as_mut(), job) {
-        (Some(jobs), Some(job)) => {
-            jobs.insert(job);
-        }
-        (Some(_), None) => *dirty = None,
-        (None, _) => {}
     }
 }
 
@@ -327,48 +171,6 @@ fn age(row: &RunnerRow) -> Duration {
     (Utc::now() - row.started_at).to_std().unwrap_or_default()
 }
 
-fn job_gpus(job: &Job) -> u32 {
-    job.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers.iter().filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get(GPU_RESOURCE)?.0.parse::<u32>().ok()).sum())
-        .unwrap_or(0)
-}
-
-fn container_exit_code(pod: &Pod) -> Option<i32> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == job_spec::CONTAINER)?
-        .state
-        .as_ref()?
-        .terminated
-        .as_ref()
-        .map(|t| t.exit_code)
-}
-
-/// How a finished Job ended. Only the final conditions count: since 1.31 the Job controller
-/// sets them after every pod has stopped, so no pod of it still holds tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobEnd {
-    Complete,
-    Failed,
-}
-
-pub fn finished(job: &Job) -> Option<JobEnd> {
-    let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    let holds = |type_: &str| conditions.iter().any(|c| c.type_ == type_ && c.status == "True");
-    if holds("Complete") {
-        Some(JobEnd::Complete)
-    } else if holds("Failed") {
-        Some(JobEnd::Failed)
-    } else {
-        None
-    }
-}
-
 impl Backend for KubeBackend {
     fn name(&self) -> &'static str {
         "kubernetes"
@@ -379,23 +181,15 @@ impl Backend for KubeBackend {
     }
 
     fn changed(&self) -> Option<Arc<Notify>> {
-        Some(self.changed.clone())
+        Some(self.watch.changed.clone())
     }
 
     fn take_ended(&self) -> bool {
-        self.ends.swap(false, Ordering::SeqCst)
+        self.watch.take_ended()
     }
 
     fn take_changed(&self) -> Option<HashSet<String>> {
-        self.refresh_pod_index();
-        let mut changed = self.dirty.lock().unwrap().replace(HashSet::new());
-        if self.gpus_freed.swap(false, Ordering::SeqCst) {
-            if let Some(changed) = changed.as_mut() {
-                let queued = self.jobs.state().into_iter().filter(|j| j.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false));
-                changed.extend(queued.map(|j| j.name_any()));
-            }
-        }
-        changed
+        self.watch.take_changed()
     }
 
     async fn launch(&self, spec: &RunnerSpec) -> Result<String> {
@@ -425,14 +219,14 @@ impl Backend for KubeBackend {
     }
 
     async fn tell(&self, runner: &RunnerRow, note: &Note) {
-        if let Some(job) = self.job(job_of(runner)) {
+        if let Some(job) = self.watch.job(job_of(runner)) {
             self.event(&job, note.warning, note.reason, note.message.clone()).await;
         }
     }
 
     async fn stop(&self, runner: &RunnerRow) -> Result<()> {
         let name = job_of(runner);
-        if self.job(name).is_some_and(|j| j.metadata.deletion_timestamp.is_some() || finished(&j).is_some()) {
+        if self.watch.job(name).is_some_and(|j| j.metadata.deletion_timestamp.is_some() || finished(&j).is_some()) {
             return Ok(());
         }
         // Background propagation: a Job deleted with the default policy orphans its pods.
@@ -453,13 +247,13 @@ impl Backend for KubeBackend {
         let mut ended = Vec::new();
         for runner in live {
             let name = job_of(runner);
-            let outcome = match self.job(name) {
+            let outcome = match self.watch.job(name) {
                 Some(job) => {
                     self.seen.lock().unwrap().insert(name.to_string());
                     match finished(&job) {
                         Some(JobEnd::Complete) => Some(Some(exit::DONE)),
                         // The code the deciding pod's runner exited with, as its container status says.
-                        Some(JobEnd::Failed) => Some(view::deciding_exit_code(&self.pods_of_now(name))),
+                        Some(JobEnd::Failed) => Some(view::deciding_exit_code(&self.watch.pods_of_now(name))),
                         None => None,
                     }
                 }
@@ -484,7 +278,7 @@ impl Backend for KubeBackend {
 
     async fn observe(&self, runner: &RunnerRow, load: &GroupLoad) -> Result<Option<Duration>> {
         let name = job_of(runner).to_string();
-        let Some(job) = self.job(&name) else { return Ok(None) };
+        let Some(job) = self.watch.job(&name) else { return Ok(None) };
         if job.metadata.deletion_timestamp.is_some() {
             return Ok(None);
         }
@@ -581,29 +375,5 @@ impl KubeBackend {
         if let Err(e) = self.recorder.publish(&event, &job.object_ref(&())).await {
             tracing::debug!(job = %job.name_any(), reason, "could not record an Event: {e}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(conditions: serde_json::Value) -> Job {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
-            "spec": {"template": {"spec": {"containers": [{"name": "task-runner", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}}},
-            "status": {"conditions": conditions}
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn only_final_conditions_finish_a_job() {
-        assert_eq!(finished(&job(serde_json::json!([{"type": "Complete", "status": "True"}]))), Some(JobEnd::Complete));
-        assert_eq!(finished(&job(serde_json::json!([{"type": "SuccessCriteriaMet", "status": "True"}]))), None);
-        assert_eq!(finished(&job(serde_json::json!([{"type": "FailureTarget", "status": "True"}]))), None);
-        let failed = job(serde_json::json!([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]));
-        assert_eq!(finished(&failed), Some(JobEnd::Failed));
-        assert_eq!(job_gpus(&failed), 2);
     }
 }

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use proofjobs_pipeline::stage::labels;
 
-use super::job_spec::{gpu_label, CONTAINER};
+use super::job_spec::{gpu_label, CONTAINER, GPU_RESOURCE};
 
 /// The field manager of the view; the Job's creation is recorded under another, so the view
 /// never removes what creation set.
@@ -91,6 +91,50 @@ pub fn deciding_exit_code(pods: &[Arc<Pod>]) -> Option<i32> {
         .map(|(_, code)| code)
 }
 
+/// GPUs each pod of a Job asks for.
+pub fn job_gpus(job: &Job) -> u32 {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.iter().filter_map(|c| c.resources.as_ref()?.limits.as_ref()?.get(GPU_RESOURCE)?.0.parse::<u32>().ok()).sum())
+        .unwrap_or(0)
+}
+
+/// The runner container's exit code, once it terminated.
+pub fn container_exit_code(pod: &Pod) -> Option<i32> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == CONTAINER)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+        .map(|t| t.exit_code)
+}
+
+/// How a finished Job ended. Only the final conditions count: since 1.31 the Job controller
+/// sets them after every pod has stopped, so no pod of it still holds tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEnd {
+    Complete,
+    Failed,
+}
+
+pub fn finished(job: &Job) -> Option<JobEnd> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let holds = |type_: &str| conditions.iter().any(|c| c.type_ == type_ && c.status == "True");
+    if holds("Complete") {
+        Some(JobEnd::Complete)
+    } else if holds("Failed") {
+        Some(JobEnd::Failed)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +190,24 @@ mod tests {
         assert_eq!(deciding_exit_code(&pods), Some(65));
         assert_eq!(deciding_exit_code(&[pod(None)]), None);
         assert_eq!(deciding_exit_code(&[]), None);
+    }
+
+    fn job_with(conditions: serde_json::Value) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+            "spec": {"template": {"spec": {"containers": [{"name": "task-runner", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}}},
+            "status": {"conditions": conditions}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_final_conditions_finish_a_job() {
+        assert_eq!(finished(&job_with(serde_json::json!([{"type": "Complete", "status": "True"}]))), Some(JobEnd::Complete));
+        assert_eq!(finished(&job_with(serde_json::json!([{"type": "SuccessCriteriaMet", "status": "True"}]))), None);
+        assert_eq!(finished(&job_with(serde_json::json!([{"type": "FailureTarget", "status": "True"}]))), None);
+        let failed = job_with(serde_json::json!([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]));
+        assert_eq!(finished(&failed), Some(JobEnd::Failed));
+        assert_eq!(job_gpus(&failed), 2);
     }
 }
