@@ -17,7 +17,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use proofjobs_pipeline::{
     stage::{stage_list, Stage},
-    state::{wait_for, Db, Notifications, ProofStatus, RunnerRow},
+    state::{Db, Notifications, ProofStatus, RunnerRow},
 };
 use tokio::sync::{broadcast, watch};
 
@@ -81,9 +81,22 @@ impl<B: Backend> Dispatcher<B> {
             // group shows (pods scheduled, unschedulable) are handled by an observe sweep alone.
             let idle = tokio::time::sleep(IDLE_PASS);
             tokio::pin!(idle);
+            let mut woken_by: Option<HashSet<String>> = Some(HashSet::new());
             loop {
                 tokio::select! {
-                    _ = wait_for(&mut wake, None, IDLE_PASS) => break,
+                    received = wake.recv() => {
+                        match received {
+                            Ok(proof_id) => {
+                                if let Some(proofs) = woken_by.as_mut() {
+                                    proofs.insert(proof_id);
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(_)) => woken_by = None,
+                            // No listener any more: passes on the timer only.
+                            Err(broadcast::error::RecvError::Closed) => (&mut idle).await,
+                        }
+                        break;
+                    }
                     _ = &mut idle => break,
                     _ = changed.notified() => {
                         if self.backend.take_ended() {
@@ -96,7 +109,14 @@ impl<B: Backend> Dispatcher<B> {
                     _ = stop.changed() => break,
                 }
             }
-            changed_proofs = drain(&mut wake);
+            // Every proof named since: the one that woke us and those queued behind it.
+            changed_proofs = match (woken_by, drain(&mut wake)) {
+                (Some(mut woken), Some(queued)) => {
+                    woken.extend(queued);
+                    Some(woken)
+                }
+                _ => None,
+            };
         }
     }
 

@@ -349,14 +349,15 @@ pub fn submit_messages(
 }
 
 /// A proof made stage-ready without the api or a controller: its row plus `tasks` pending tasks
-/// of `task_type` in `stage` (for dispatch tests and benchmarks that never run them).
+/// of `task_type` in `stage` (for dispatch tests and benchmarks that never run them). Returns
+/// the tasks' ids.
 pub async fn insert_stage_ready_proof(
     db: &proofjobs_pipeline::state::Db,
     id: &str,
     stage: proofjobs_pipeline::stage::Stage,
     task_type: sp1_prover_types::TaskType,
     tasks: usize,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     use proofjobs_pipeline::state::{NewProof, NewTask};
     let proof = NewProof {
         id: id.to_string(),
@@ -381,11 +382,15 @@ pub async fn insert_stage_ready_proof(
         parent_id: None,
         requester: String::new(),
     };
-    db.insert_proof(&proof, &task()).await?;
+    let first = task();
+    db.insert_proof(&proof, &first).await?;
+    let mut ids = vec![first.id];
     for _ in 1..tasks {
-        db.submit_task(id, &task()).await?;
+        let next = task();
+        db.submit_task(id, &next).await?;
+        ids.push(next.id);
     }
-    Ok(())
+    Ok(ids)
 }
 
 pub fn now() -> u64 {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use proofjobs_pipeline::{
     bus::PgBus,
     ids,
-    stage::{Mode, Stage},
-    state::{Claim, NewProof, NewTask, Notifications, TaskState},
+    stage::Stage,
+    state::{Claim, Notifications, TaskState},
 };
 use proofjobs_tests::*;
 use sp1_prover::worker::{ProofId, TaskId, TaskMetadata, WorkerClient};
@@ -17,32 +17,9 @@ async fn bus_with_task() -> (TestDb, PgBus, String, String) {
     let test_db = TestDb::create().await.unwrap();
     let db = test_db.db().await;
     let proof_id = ids::new_proof_id();
-    let task = NewTask {
-        id: ids::new_task_id(),
-        task_type: TaskType::CoreExecute as i32,
-        stage: Some(Stage::Execute),
-        inputs: vec![],
-        outputs: vec![],
-        parent_id: None,
-        requester: String::new(),
-    };
-    let proof = NewProof {
-        id: proof_id.clone(),
-        mode: Mode::Core,
-        program_artifact: "p".into(),
-        stdin_artifact: "s".into(),
-        proof_artifact: "o".into(),
-        cycle_limit: None,
-        deadline: chrono::Utc::now() + chrono::Duration::hours(1),
-        idempotency_key: None,
-        requester: vec![],
-        gas_limit: None,
-        scheduled_by: None,
-        stdin_private: false,
-    };
-    db.insert_proof(&proof, &task).await.unwrap();
+    let tasks = insert_stage_ready_proof(&db, &proof_id, Stage::Execute, TaskType::CoreExecute, 1).await.unwrap();
     let notifications = Notifications::listen(&db).await.unwrap();
-    (test_db, PgBus::new(db, notifications), proof_id, task.id)
+    (test_db, PgBus::new(db, notifications), proof_id, tasks[0].clone())
 }
 
 #[tokio::test(flavor = "multi_thread")]

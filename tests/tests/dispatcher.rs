@@ -7,40 +7,17 @@ use std::{os::unix::process::CommandExt, process::Stdio, sync::Arc, time::Durati
 use proofjobs_dispatcher::{local::LocalBackend, Dispatcher, Placement, Policy};
 use proofjobs_pipeline::{
     ids,
-    stage::{Mode, Stage},
-    state::{Db, NewProof, NewTask, Notifications, ProofStatus, TaskState},
+    stage::Stage,
+    state::{Db, Notifications, ProofStatus, TaskState},
 };
 use proofjobs_tests::*;
 use sp1_prover_types::TaskType;
 
-/// A proof whose first task (execute-only) waits in the execute stage.
+/// A proof whose one task (execute-only) waits in the execute stage.
 async fn proof_with_waiting_task(db: &Db) -> (String, String) {
     let proof_id = ids::new_proof_id();
-    let task = NewTask {
-        id: ids::new_task_id(),
-        task_type: TaskType::ExecuteOnly as i32,
-        stage: Some(Stage::Execute),
-        inputs: vec!["program".into(), "stdin".into()],
-        outputs: vec![],
-        parent_id: None,
-        requester: String::new(),
-    };
-    let proof = NewProof {
-        id: proof_id.clone(),
-        mode: Mode::Execute,
-        program_artifact: "program".into(),
-        stdin_artifact: "stdin".into(),
-        proof_artifact: "proof".into(),
-        cycle_limit: None,
-        deadline: chrono::Utc::now() + chrono::Duration::hours(1),
-        idempotency_key: None,
-        requester: vec![],
-        gas_limit: None,
-        scheduled_by: None,
-        stdin_private: false,
-    };
-    db.insert_proof(&proof, &task).await.unwrap();
-    (proof_id, task.id)
+    let tasks = insert_stage_ready_proof(db, &proof_id, Stage::Execute, TaskType::ExecuteOnly, 1).await.unwrap();
+    (proof_id, tasks[0].clone())
 }
 
 /// Runners that cannot open the state exit 75 ("transient, hand back") every time. Without a
