@@ -71,6 +71,14 @@ pub struct RunnerView {
     pub waiting_for_capacity: Option<Duration>,
 }
 
+impl RunnerView {
+    /// How the runner ended, if it has: as the backend saw it, or as the runner recorded it on
+    /// its row before its process went.
+    pub fn end(&self) -> Option<Option<i32>> {
+        self.ended.or_else(|| self.row.exited_at.map(|_| self.row.exit_code))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub now: DateTime<Utc>,
@@ -219,8 +227,7 @@ impl<'a> Planner<'a> {
         let row = &view.row;
         let now = self.snapshot.now;
         let close = |exit_code, error| Action::CloseRunner { proof_id: row.proof_id.clone(), runner_id: row.id.clone(), exit_code, error };
-        // Ended as the backend saw it, or as the runner recorded it before its process went.
-        if let Some(code) = view.ended.or_else(|| row.exited_at.map(|_| row.exit_code)) {
+        if let Some(code) = view.end() {
             self.actions.push(close(code, None));
             self.account_for(row, code, None);
             return;
@@ -265,7 +272,6 @@ impl<'a> Planner<'a> {
             }
             return;
         };
-        let key = (proof.id.clone(), row.stages.clone());
         let now = self.snapshot.now;
         match classify(code) {
             ExitClass::Done => {}
@@ -277,13 +283,11 @@ impl<'a> Planner<'a> {
                 self.fail_by(row, cause);
             }
             ExitClass::RetryNotCounted => {
-                let group = self.groups.entry(key).or_insert_with(|| GroupState {
-                    proof_id: proof.id.clone(),
-                    stages: row.stages.clone(),
-                    ..Default::default()
-                });
-                group.retries += 1;
-                let retries = group.retries;
+                let retries = {
+                    let group = self.group(row);
+                    group.retries += 1;
+                    group.retries
+                };
                 if retries > self.policy.max_runner_retries {
                     let cause = format!(
                         "runners of stage {} handed their work back {retries} times (exit 69: node unsuitable, 75: transient trouble), over the cap of {}; the last, {}, exited with {}{}",
@@ -291,12 +295,12 @@ impl<'a> Planner<'a> {
                         self.policy.max_runner_retries,
                         row.id,
                         code.unwrap_or(-1),
-                        row.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default(),
+                        last_words(row),
                     );
                     self.fail_by(row, cause);
                 } else {
                     let wait = backoff(retries);
-                    group.not_before = Some(now + wait);
+                    self.group(row).not_before = Some(now + wait);
                     self.actions.push(Action::HoldBack {
                         proof_id: proof.id.clone(),
                         stages: row.stages.clone(),
@@ -307,7 +311,7 @@ impl<'a> Planner<'a> {
                         "runner {} handed its work back (exit {}{}); next runner in {} s (hand-back {retries} of at most {})",
                         row.id,
                         code.unwrap_or(-1),
-                        row.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default(),
+                        last_words(row),
                         wait.as_secs(),
                         self.policy.max_runner_retries
                     );
@@ -326,11 +330,7 @@ impl<'a> Planner<'a> {
                     self.fail_by(row, cause);
                 } else {
                     let wait = backoff(failures);
-                    let group = self.groups.entry(key).or_insert_with(|| GroupState {
-                        proof_id: proof.id.clone(),
-                        stages: row.stages.clone(),
-                        ..Default::default()
-                    });
+                    let group = self.group(row);
                     group.failures += 1;
                     group.not_before = Some(now + wait);
                     self.actions.push(Action::HoldBack {
@@ -349,6 +349,15 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+    }
+
+    /// The retry state of a runner's group, created on first use.
+    fn group(&mut self, row: &RunnerRow) -> &mut GroupState {
+        self.groups.entry((row.proof_id.clone(), row.stages.clone())).or_insert_with(|| GroupState {
+            proof_id: row.proof_id.clone(),
+            stages: row.stages.clone(),
+            ..Default::default()
+        })
     }
 
     fn proof(&mut self, proof: &ActiveProof) {
@@ -382,6 +391,11 @@ impl<'a> Planner<'a> {
             self.actions.push(Action::Launch { proof_id: proof.id.clone(), stages, attempt, deadline_secs });
         }
     }
+}
+
+/// A runner's own last words as a suffix for a cause (`: …`), or nothing.
+fn last_words(row: &RunnerRow) -> String {
+    row.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
 }
 
 #[cfg(test)]

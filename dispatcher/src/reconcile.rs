@@ -140,8 +140,7 @@ impl<B: Backend> Dispatcher<B> {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        let ended: HashSet<&str> =
-            snapshot.runners.iter().filter(|r| r.ended.is_some() || r.row.exited_at.is_some()).map(|r| r.row.id.as_str()).collect();
+        let ended: HashSet<&str> = snapshot.runners.iter().filter(|r| r.end().is_some()).map(|r| r.row.id.as_str()).collect();
         let live: Vec<RunnerRow> = live.iter().filter(|r| !ended.contains(r.id.as_str())).cloned().collect();
         let changed = changed_proofs.map(|c| c.union(&touched).cloned().collect::<HashSet<String>>());
         self.observe(&live, changed.as_ref()).await?;

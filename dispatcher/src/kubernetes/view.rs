@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
+use k8s_openapi::api::{
+    batch::v1::Job,
+    core::v1::{ContainerStateTerminated, Pod},
+};
 use proofjobs_pipeline::stage::labels;
 
 use super::job_spec::{gpu_label, CONTAINER, GPU_RESOURCE};
@@ -82,13 +85,10 @@ pub fn gpu_grant(current: u32, suspended: bool, wanted: u32, gpus_per_pod: u32, 
 /// code, the last to finish deciding. `None` when no pod says (pods gone, killed without a code).
 pub fn deciding_exit_code(pods: &[Arc<Pod>]) -> Option<i32> {
     pods.iter()
-        .filter_map(|pod| {
-            let status = pod.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == CONTAINER)?;
-            let terminated = status.state.as_ref()?.terminated.as_ref()?;
-            (terminated.exit_code != 0).then(|| (terminated.finished_at.as_ref().map(|t| t.0), terminated.exit_code))
-        })
-        .max_by_key(|(finished, _)| *finished)
-        .map(|(_, code)| code)
+        .filter_map(|pod| runner_termination(pod))
+        .filter(|t| t.exit_code != 0)
+        .max_by_key(|t| t.finished_at.as_ref().map(|at| at.0))
+        .map(|t| t.exit_code)
 }
 
 /// GPUs each pod of a Job asks for.
@@ -102,17 +102,12 @@ pub fn job_gpus(job: &Job) -> u32 {
 
 /// The runner container's exit code, once it terminated.
 pub fn container_exit_code(pod: &Pod) -> Option<i32> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == CONTAINER)?
-        .state
-        .as_ref()?
-        .terminated
-        .as_ref()
-        .map(|t| t.exit_code)
+    runner_termination(pod).map(|t| t.exit_code)
+}
+
+/// How the runner container of a pod terminated, once it has.
+fn runner_termination(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == CONTAINER)?.state.as_ref()?.terminated.as_ref()
 }
 
 /// How a finished Job ended. Only the final conditions count: since 1.31 the Job controller

@@ -287,10 +287,6 @@ impl Db {
         Ok(n == 1)
     }
 
-    pub async fn active_proofs(&self) -> Result<Vec<ProofRow>> {
-        Ok(sqlx::query_as("SELECT * FROM proofs WHERE status IN ('pending', 'running') ORDER BY created_at").fetch_all(&self.pool).await?)
-    }
-
     /// (id, status, deadline) of every unfinished proof: what the dispatcher's passes read.
     pub async fn active_proof_heads(&self) -> Result<Vec<(String, ProofStatus, DateTime<Utc>)>> {
         Ok(sqlx::query_as("SELECT id, status, deadline FROM proofs WHERE status IN ('pending', 'running') ORDER BY created_at")
