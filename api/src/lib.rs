@@ -3,6 +3,7 @@
 //! progress; it never runs proving work itself.
 
 pub mod cluster;
+pub mod health;
 pub mod intake;
 pub mod server;
 pub mod service;

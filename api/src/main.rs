@@ -40,8 +40,13 @@ async fn main() -> anyhow::Result<()> {
         default_deadline: std::time::Duration::from_secs(args.default_deadline_secs),
     };
     let listener = tokio::net::TcpListener::bind(&args.addr).await?;
-    server::serve(Intake::new(db, store, limits), notifications, listener, async {
-        let _ = tokio::signal::ctrl_c().await;
+    // Kubernetes stops a pod with SIGTERM; a terminal with Ctrl-C.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    server::serve(Intake::new(db, store, limits), notifications, listener, async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+        }
     })
     .await
 }

@@ -32,6 +32,15 @@ impl FsStore {
         format!("file://{}", self.root.display())
     }
 
+    /// The directory is still there and is a directory.
+    pub async fn ping(&self) -> Result<()> {
+        let meta = tokio::fs::metadata(&self.root)
+            .await
+            .map_err(|e| StoreError::Other(format!("artifact directory {}: {e}", self.root.display())))?;
+        anyhow::ensure!(meta.is_dir(), "artifact store {} is not a directory", self.root.display());
+        Ok(())
+    }
+
     /// No-op: files do not expire (the owner deletes them).
     pub async fn set_ttl(&self, id: &str, _ttl: Duration) -> Result<()> {
         self.path_of(id)?;

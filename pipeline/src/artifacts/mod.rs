@@ -117,6 +117,14 @@ impl ArtifactStore {
         }
     }
 
+    /// Whether the store answers: a Redis PING, or the directory still being there.
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            ArtifactStore::Redis(s) => s.ping().await,
+            ArtifactStore::Fs(s) => s.ping().await,
+        }
+    }
+
     /// Puts (or replaces) an expiry on an artifact, e.g. on a program or stdin once its proof
     /// has ended. No-op for the filesystem store.
     pub async fn set_ttl(&self, id: &str, ttl: Duration) -> Result<()> {
