@@ -4,7 +4,12 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
 use proofjobs_dispatcher::{
-    kubernetes::{job_spec::JobSettings, profiles::StageProfiles, KubeBackend, KubeSettings},
+    kubernetes::{
+        job_spec::JobSettings,
+        leader::{self, LeaseSettings},
+        profiles::StageProfiles,
+        KubeBackend, KubeSettings,
+    },
     local::{default_runner_bin, LocalBackend, TASK_RUNNER_VAR},
     Backend, Dispatcher, Placement, Policy,
 };
@@ -73,12 +78,25 @@ struct KubeArgs {
     max_gpu_pods: u32,
     #[arg(long, env = "PROOFJOBS_MAX_PODS_PER_JOB", default_value_t = 4)]
     max_pods_per_job: u32,
+    /// Size limit of each runner pod's /scratch (TMPDIR) emptyDir.
+    #[arg(long, env = "PROOFJOBS_RUNNER_SCRATCH_SIZE", default_value = "20Gi")]
+    runner_scratch_size: String,
     #[arg(long, env = "PROOFJOBS_JOB_TTL_SECS", default_value_t = 3600)]
     job_ttl_secs: i32,
     /// Node directory mounted into runner pods as their recursion-key cache (hostPath; needs a
     /// namespace whose Pod Security allows it). Unset: runners use the cache baked into the image.
     #[arg(long, env = "PROOFJOBS_KEY_CACHE_HOST_PATH")]
     key_cache_host_path: Option<String>,
+    /// Only the holder of a Lease dispatches, so replicas can run side by side (false: this one
+    /// always dispatches; run exactly one).
+    #[arg(long, env = "PROOFJOBS_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// The Lease, in --namespace.
+    #[arg(long, env = "PROOFJOBS_LEASE_NAME", default_value = "proofjobs-dispatcher")]
+    lease_name: String,
+    /// How long the Lease stays held without renewal: the failover time when a leader dies.
+    #[arg(long, env = "PROOFJOBS_LEASE_SECS", default_value_t = 15)]
+    lease_secs: u64,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -91,6 +109,11 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let args = Args::parse();
+    // Checked before anything else, so a bad ConfigMap fails the start, not the first Job.
+    let profiles = match (&args.kube.stage_profiles, args.backend.as_str()) {
+        (Some(path), "kubernetes") => StageProfiles::load(path)?,
+        _ => StageProfiles::default(),
+    };
     let db = Db::connect(&args.database_url, 8).await?;
     db.migrate().await?;
     let notifications = Notifications::listen(&db).await?;
@@ -113,14 +136,16 @@ async fn main() -> anyhow::Result<()> {
             let runner_bin = args.task_runner.clone().unwrap_or_else(default_runner_bin);
             let backend =
                 LocalBackend::new(runner_bin, args.log_dir.clone(), args.database_url.clone(), args.artifact_store.clone(), vec![])?;
-            serve(db, notifications, backend, policy).await
+            serve(db, notifications, backend, policy, stop_signal()?).await
         }
         "kubernetes" => {
             let policy = policy("per-stage")?;
-            let profiles = match &args.kube.stage_profiles {
-                Some(path) => StageProfiles::load(path)?,
-                None => StageProfiles::default(),
-            };
+            let lease = args.kube.leader_elect.then(|| LeaseSettings {
+                namespace: args.kube.namespace.clone(),
+                name: args.kube.lease_name.clone(),
+                identity: leader::default_identity(),
+                duration: Duration::from_secs(args.kube.lease_secs.max(3)),
+            });
             let settings = KubeSettings {
                 job: JobSettings {
                     namespace: args.kube.namespace,
@@ -131,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
                     extra_env: args.kube.runner_env,
                     ttl_after_finished_secs: args.kube.job_ttl_secs,
                     shm_size: "2Gi".into(),
+                    scratch_size: args.kube.runner_scratch_size,
                     key_cache_host_path: args.kube.key_cache_host_path.filter(|p| !p.is_empty()),
                 },
                 profiles,
@@ -140,14 +166,42 @@ async fn main() -> anyhow::Result<()> {
             };
             // In-cluster config, or KUBECONFIG outside a cluster.
             let client = kube::Client::try_default().await?;
+            let stop = stop_signal()?;
+            let leadership = match lease {
+                Some(lease) => match leader::acquire(client.clone(), lease, &mut stop.clone()).await? {
+                    Some(leadership) => Some(leadership),
+                    None => return Ok(()),
+                },
+                None => None,
+            };
             let backend = KubeBackend::start(client, settings, db.clone()).await?;
-            serve(db, notifications, backend, policy).await
+            let Some(leadership) = leadership else { return serve(db, notifications, backend, policy, stop).await };
+            // Losing the Lease stops dispatching at once; the process then exits non-zero and is
+            // restarted as a candidate.
+            let (lead_tx, lead_rx) = tokio::sync::watch::channel(false);
+            let mut signals = stop.clone();
+            let serving = serve(db, notifications, backend, policy, lead_rx);
+            tokio::pin!(serving);
+            let lost = tokio::select! {
+                result = &mut serving => {
+                    leadership.release().await;
+                    return result;
+                }
+                _ = signals.wait_for(|s| *s) => false,
+                _ = leadership.lost() => true,
+            };
+            let _ = lead_tx.send(true);
+            let result = serving.await;
+            anyhow::ensure!(!lost, "lost the dispatcher Lease: another replica may lead now");
+            leadership.release().await;
+            result
         }
         other => anyhow::bail!("unknown backend {other:?} (expected local or kubernetes)"),
     }
 }
 
-async fn serve<B: Backend>(db: Db, notifications: Notifications, backend: B, policy: Policy) -> anyhow::Result<()> {
+/// Becomes true on SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
+fn stop_signal() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::spawn(async move {
@@ -157,8 +211,18 @@ async fn serve<B: Backend>(db: Db, notifications: Notifications, backend: B, pol
         }
         let _ = stop_tx.send(true);
     });
+    Ok(stop_rx)
+}
+
+async fn serve<B: Backend>(
+    db: Db,
+    notifications: Notifications,
+    backend: B,
+    policy: Policy,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     // Runners are left running on exit: the next dispatcher adopts them.
-    let result = Dispatcher::new(db.clone(), Arc::new(backend), policy).run(notifications.clone(), stop_rx).await;
+    let result = Dispatcher::new(db.clone(), Arc::new(backend), policy).run(notifications.clone(), stop).await;
     notifications.shutdown().await;
     db.close().await;
     result

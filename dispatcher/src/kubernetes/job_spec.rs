@@ -11,8 +11,9 @@ use k8s_openapi::{
             PodFailurePolicyRule,
         },
         core::v1::{
-            Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSpec, PodTemplateSpec,
-            ResourceRequirements, SecretKeySelector, Toleration, Volume, VolumeMount,
+            Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector,
+            PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext,
+            Toleration, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
@@ -32,6 +33,8 @@ pub use proofjobs_pipeline::runner_env::POD_BACKEND;
 pub const CONTAINER: &str = "task-runner";
 /// The GPU resource and the taint GPU nodes carry.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// The images' fixed non-root user and group (the Dockerfile's `USER`).
+pub const RUNNER_UID: i64 = 10001;
 
 /// Operator settings shared by every Job.
 #[derive(Debug, Clone)]
@@ -49,6 +52,9 @@ pub struct JobSettings {
     pub ttl_after_finished_secs: i32,
     /// Size limit of the memory-backed /dev/shm.
     pub shm_size: String,
+    /// Size limit of the /scratch emptyDir (TMPDIR): a runner that writes more is evicted
+    /// instead of filling the node's disk.
+    pub scratch_size: String,
     /// A node directory shared by the runners on that node as their recursion-key cache, so only
     /// the first runner on a node computes the keys. None: the image's own cache (PROOFJOBS_KEY_CACHE
     /// baked in with `warm-keys`), which also suits namespaces whose Pod Security forbids hostPath.
@@ -69,6 +75,7 @@ impl JobSettings {
             extra_env: Vec::new(),
             ttl_after_finished_secs: 600,
             shm_size: "2Gi".into(),
+            scratch_size: "20Gi".into(),
             key_cache_host_path: None,
         }
     }
@@ -184,7 +191,11 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
     let mut volumes = vec![
         // The SP1 executor writes a helper binary to TMPDIR and runs it: it must be writable
         // and exec-able even when the image's root filesystem is read-only.
-        Volume { name: "scratch".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+        Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity(settings.scratch_size.clone())), ..Default::default() }),
+            ..Default::default()
+        },
         // POSIX shared memory of the executor; Kubernetes' default /dev/shm is 64 MB.
         Volume {
             name: "dshm".into(),
@@ -224,9 +235,25 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         env: Some(env),
         resources: Some(ResourceRequirements { requests: Some(quantities), limits: Some(limits), ..Default::default() }),
         volume_mounts: Some(mounts),
+        // Pod Security "restricted": the runner writes only to its volumes.
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let pod = PodSpec {
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUNNER_UID),
+            run_as_group: Some(RUNNER_UID),
+            fs_group: Some(RUNNER_UID),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+            ..Default::default()
+        }),
         restart_policy: Some("Never".into()),
         service_account_name: settings.service_account.clone(),
         automount_service_account_token: Some(false),
@@ -416,6 +443,20 @@ mod tests {
         assert!(env.iter().any(|e| e["name"] == "TMPDIR" && e["value"] == "/scratch"));
         assert_eq!(v["spec"]["template"]["spec"]["automountServiceAccountToken"], false);
         assert!(!text.contains("hostPath"), "no host directory unless the operator asks for one");
+        assert_eq!(volumes[0]["emptyDir"]["sizeLimit"], "20Gi");
+    }
+
+    #[test]
+    fn runner_pods_meet_pod_security_restricted() {
+        let v = json(vec![Stage::ProveCore]);
+        let pod = &v["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["runAsUser"], RUNNER_UID);
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        let c = &pod["containers"][0]["securityContext"];
+        assert_eq!(c["allowPrivilegeEscalation"], false);
+        assert_eq!(c["readOnlyRootFilesystem"], true);
+        assert_eq!(c["capabilities"]["drop"][0], "ALL");
     }
 
     #[test]

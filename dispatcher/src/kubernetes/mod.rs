@@ -5,6 +5,7 @@
 //! pod that dies has exactly its own tasks handed back.
 
 pub mod job_spec;
+pub mod leader;
 pub mod profiles;
 pub mod view;
 pub mod watch;

@@ -32,6 +32,39 @@ pub struct StageProfile {
 }
 
 impl StageProfile {
+    /// Values serde cannot judge; the error starts with the field's name.
+    fn validate(&self) -> Result<(), String> {
+        if !is_cpu_quantity(&self.cpu) {
+            return Err(format!("cpu: {:?} is not a CPU quantity such as \"4\" or \"500m\"", self.cpu));
+        }
+        if bytes(&self.memory).is_none_or(|b| b == 0) {
+            return Err(format!("memory: {:?} is not a memory quantity such as \"24Gi\"", self.memory));
+        }
+        if self.gpus > 16 {
+            return Err(format!("gpus: {} GPUs per pod is more than any node has (at most 16)", self.gpus));
+        }
+        if self.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
+            return Err("image: empty; leave it out to use --runner-image".into());
+        }
+        if let Some(gib) = self.gpu_min_free_gib {
+            if self.gpus == 0 {
+                return Err("gpuMinFreeGib: set on a stage with gpus 0".into());
+            }
+            if !(gib > 0.0 && gib < 1024.0) {
+                return Err(format!("gpuMinFreeGib: {gib} is not a plausible amount of GPU memory in GiB"));
+            }
+        }
+        for (i, t) in self.tolerations.iter().enumerate() {
+            if let Some(op) = t.operator.as_deref().filter(|op| !matches!(*op, "Equal" | "Exists")) {
+                return Err(format!("tolerations[{i}].operator: {op:?} is not Equal or Exists"));
+            }
+            if let Some(effect) = t.effect.as_deref().filter(|e| !matches!(*e, "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute")) {
+                return Err(format!("tolerations[{i}].effect: {effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"));
+            }
+        }
+        Ok(())
+    }
+
     fn default_for(stage: Stage) -> StageProfile {
         let pool = match stage.pool() {
             Pool::Cpu => "cpu",
@@ -67,13 +100,16 @@ impl Default for StageProfiles {
 }
 
 impl StageProfiles {
-    /// Parse `{"<stage>": {profile}, ...}`; unknown stage names are an error, not a silent no-op.
+    /// Parse `{"<stage>": {profile}, ...}`. Every mistake names its place (`prove-core.gpus:
+    /// invalid type ...`, `unknown field \`gpu\``, `setup.memory: "lots" is not ...`): an
+    /// operator's typo fails the dispatcher's start, not the first Job hours later.
     pub fn parse(json: &str) -> Result<StageProfiles> {
-        let raw: BTreeMap<String, StageProfile> =
-            serde_json::from_str(json).context("stage profiles are not valid JSON of the expected shape")?;
+        let raw: BTreeMap<String, StageProfile> = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(json))
+            .map_err(|e| anyhow::anyhow!("stage profiles: {}: {}", e.path(), e.inner()))?;
         let mut profiles = StageProfiles::default();
         for (name, profile) in raw {
-            let stage = name.parse::<Stage>().map_err(anyhow::Error::msg)?;
+            let stage = name.parse::<Stage>().map_err(|e| anyhow::anyhow!("stage profiles: {e}"))?;
+            profile.validate().map_err(|e| anyhow::anyhow!("stage profiles: {name}.{e}"))?;
             profiles.by_stage.insert(stage, profile);
         }
         Ok(profiles)
@@ -93,7 +129,7 @@ impl StageProfiles {
     pub fn for_group(&self, stages: &[Stage]) -> StageProfile {
         let lead = stages.iter().find(|s| self.get(**s).gpus > 0).or(stages.first()).copied().unwrap_or(Stage::Execute);
         let mut profile = self.get(lead).clone();
-        let biggest = stages.iter().map(|s| &self.get(*s).memory).max_by_key(|m| bytes(m)).cloned();
+        let biggest = stages.iter().map(|s| &self.get(*s).memory).max_by_key(|m| bytes(m).unwrap_or(0)).cloned();
         if let Some(memory) = biggest {
             profile.memory = memory;
         }
@@ -101,8 +137,8 @@ impl StageProfiles {
     }
 }
 
-/// A memory quantity in bytes, for comparisons only (Ki/Mi/Gi/Ti and k/M/G/T suffixes).
-fn bytes(q: &str) -> u128 {
+/// A memory quantity in bytes (plain, Ki/Mi/Gi/Ti or k/M/G/T); `None` when it is not one.
+fn bytes(q: &str) -> Option<u128> {
     let units: [(&str, u128); 8] = [
         ("Ki", 1 << 10),
         ("Mi", 1 << 20),
@@ -113,12 +149,14 @@ fn bytes(q: &str) -> u128 {
         ("G", 1_000_000_000),
         ("T", 1_000_000_000_000),
     ];
-    for (suffix, factor) in units {
-        if let Some(n) = q.strip_suffix(suffix) {
-            return n.trim().parse::<u128>().unwrap_or(0) * factor;
-        }
-    }
-    q.trim().parse().unwrap_or(0)
+    let (number, factor) = units.iter().find_map(|(suffix, f)| q.strip_suffix(suffix).map(|n| (n, *f))).unwrap_or((q, 1));
+    number.parse::<u128>().ok().map(|n| n * factor)
+}
+
+/// Whole or decimal cores ("4", "0.5") or millicores ("500m").
+fn is_cpu_quantity(q: &str) -> bool {
+    let number = q.strip_suffix('m').unwrap_or(q);
+    !number.is_empty() && number.parse::<f64>().is_ok_and(|n| n > 0.0 && n.is_finite()) && !number.starts_with('+')
 }
 
 #[cfg(test)]
@@ -160,7 +198,23 @@ mod tests {
         let g = p.for_group(&[Stage::Execute, Stage::Setup]);
         assert_eq!(g.gpus, 1);
         assert_eq!(g.memory, "40Gi");
-        assert_eq!(bytes("1Gi"), 1 << 30);
+        assert_eq!(bytes("1Gi"), Some(1 << 30));
         assert!(bytes("2G") < bytes("2Gi"));
+    }
+
+    #[test]
+    fn a_bad_profile_names_its_stage_and_field() {
+        let err = |json: &str| StageProfiles::parse(json).unwrap_err().to_string();
+        assert!(err(r#"{"prove-core": {"cpu": "8", "memory": "48Gi", "gpus": "one"}}"#).contains("prove-core.gpus"));
+        assert!(err(r#"{"setup": {"cpu": "1", "memory": "1Gi", "gpu": 1}}"#).contains("unknown field `gpu`"));
+        assert!(err(r#"{"setup": {"cpu": "1", "memory": "lots"}}"#).contains("setup.memory"));
+        assert!(err(r#"{"setup": {"cpu": "four", "memory": "1Gi"}}"#).contains("setup.cpu"));
+        assert!(err(r#"{"setup": {"cpu": "1", "memory": "1Gi", "gpus": 64}}"#).contains("setup.gpus"));
+        assert!(err(r#"{"execute": {"cpu": "1", "memory": "1Gi", "gpuMinFreeGib": 20}}"#).contains("execute.gpuMinFreeGib"));
+        assert!(err(r#"{"wrap": {"cpu": "1", "memory": "1Gi", "tolerations": [{"operator": "Equals"}]}}"#)
+            .contains("wrap.tolerations[0].operator"));
+        assert!(err(r#"{"prove": {"cpu": "1", "memory": "1Gi"}}"#).contains("unknown stage \"prove\""));
+        assert!(err(r#"{"setup": {"memory": "1Gi"}}"#).contains("missing field `cpu`"));
+        assert!(StageProfiles::parse(r#"{"setup": {"cpu": "500m", "memory": "512Mi"}}"#).is_ok());
     }
 }
