@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Builds the proofjobs images from the Dockerfile on a machine with no Docker engine and no
+# registry access, the way the test suite does: podman (runc, cgroupfs), a debian:bookworm-slim
+# base made with debootstrap (cached), and BINARIES=prebuilt with the workspace's release
+# binaries, stripped into dist/. Where Docker and Docker Hub are available, build with
+# `docker build --target <name> .` instead (docs/OPERATING.md).
+#
+#   scripts/images.sh [TARGET...]     # default: api dispatcher proofctl task-runner
+#   TAG=dev (default)                 # images are localhost/proofjobs/<target>:$TAG
+#
+# Prints `<image> <size in bytes>` per image on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+TAG=${TAG:-dev}
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(api dispatcher proofctl task-runner)
+cache="$HOME/.cache/proofjobs/images"
+mkdir -p "$cache"
+
+need=()
+for tool in podman buildah debootstrap runc; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "images: installing ${need[*]}" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq podman buildah debootstrap runc >/dev/null
+fi
+
+# crun (podman's default) fails on this kind of host's hybrid cgroups; runc with cgroupfs works.
+cat > "$cache/containers.conf" <<'EOF'
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+export CONTAINERS_CONF="$cache/containers.conf"
+
+base=docker.io/library/debian:bookworm-slim
+if ! podman image exists "$base"; then
+  if [ ! -f "$cache/bookworm-minbase.tar" ]; then
+    echo "images: debootstrap bookworm (once, ~70 s)" >&2
+    rootfs=$(mktemp -d)
+    debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 \
+      || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -cf "$cache/bookworm-minbase.tar.tmp" .
+    mv "$cache/bookworm-minbase.tar.tmp" "$cache/bookworm-minbase.tar"
+    rm -rf "$rootfs"
+  fi
+  podman import "$cache/bookworm-minbase.tar" "$base" >/dev/null
+fi
+
+# The binaries the images carry, stripped of debug info (they are ~3x smaller).
+bins=(proofjobs-api proofjobs-dispatcher proofctl task-runner warm-keys)
+mkdir -p dist
+for b in "${bins[@]}"; do
+  src="$CARGO_TARGET_DIR/release/$b"
+  [ -x "$src" ] || { echo "images: $src is missing: cargo build --release --workspace --bins" >&2; exit 1; }
+  if [ ! -f "dist/$b" ] || [ "$src" -nt "dist/$b" ]; then strip -o "dist/$b" "$src"; fi
+done
+cuda="$CARGO_TARGET_DIR/release/task-runner-cuda"
+if [ -x "$cuda" ]; then
+  if [ ! -f dist/task-runner-cuda ] || [ "$cuda" -nt dist/task-runner-cuda ]; then strip -o dist/task-runner-cuda "$cuda"; fi
+else
+  rm -f dist/task-runner-cuda
+fi
+
+for target in "${targets[@]}"; do
+  image="localhost/proofjobs/$target:$TAG"
+  extra=()
+  # The CUDA runtime base comes from a registry this machine cannot reach; the plain base stands
+  # in (the CUDA libraries the runner loads come from the node's driver or the real base).
+  [ "$target" = task-runner-cuda ] && extra+=(--build-arg "CUDA_BASE=$base")
+  podman build --pull=never --quiet --target "$target" --build-arg BINARIES=prebuilt "${extra[@]}" -t "$image" . >/dev/null \
+    || { echo "images: building $target failed" >&2; exit 1; }
+  echo "$image $(podman image inspect --format '{{.Size}}' "$image")"
+done
+podman image prune -f >/dev/null 2>&1 || true
