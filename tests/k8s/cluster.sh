@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes control plane on loopback for the tests: etcd, kube-apiserver (token
 # authentication, RBAC, service-account token signing), a kube-controller-manager with the Job,
-# TTL-after-finished, garbage-collector, namespace, pod-GC, node-lifecycle and service-account
+# Deployment, ReplicaSet, disruption (PodDisruptionBudget), TTL-after-finished, garbage-collector, namespace, pod-GC, node-lifecycle and service-account
 # controllers, and kube-scheduler. No kubelet: tests/node-agent plays the nodes.
 #
 #   eval "$(tests/k8s/cluster.sh start)"   # exports KUBECONFIG, PROOFJOBS_K8S_DIR, PATH (kubectl)
@@ -91,7 +91,7 @@ start() {
     for _ in $(seq 120); do ready && break; sleep 0.5; done
     ready || { echo "kube-apiserver did not become ready; see $DIR/apiserver.log" >&2; tail -20 "$DIR/apiserver.log" >&2; exit 1; }
     "$bin/kube-controller-manager" --kubeconfig "$DIR/kcm.kubeconfig" --leader-elect=false \
-      --controllers job-controller,ttl-after-finished-controller,garbage-collector-controller,namespace-controller,pod-garbage-collector-controller,node-lifecycle-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller \
+      --controllers job-controller,deployment-controller,replicaset-controller,disruption-controller,ttl-after-finished-controller,garbage-collector-controller,namespace-controller,pod-garbage-collector-controller,node-lifecycle-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller \
       --service-account-private-key-file "$DIR/pki/sa.key" --root-ca-file "$DIR/pki/ca.crt" --use-service-account-credentials \
       --secure-port 0 --concurrent-job-syncs 10 --terminated-pod-gc-threshold 500 >"$DIR/kcm.log" 2>&1 &
     echo $! > "$DIR/kcm.pid"

@@ -1,6 +1,6 @@
 //! The Kubernetes side of the harness: a namespace of its own on the real control plane that
 //! `tests/k8s/cluster.sh` starts, the dispatcher's least-privilege ServiceAccount from
-//! `manifests/dispatcher-rbac.yaml` (the dispatcher runs with that account's token, not as admin),
+//! `manifests/base/dispatcher-rbac.yaml` (the dispatcher runs with that account's token, not as admin),
 //! the runner Secret, and a node agent playing the cpu and gpu pools (gpu starting at zero).
 //! Node names are cluster-wide, so Kubernetes tests take [`kube_lock`] and run one at a time.
 
@@ -94,7 +94,7 @@ impl KubeEnv {
         let dir = tempfile::tempdir()?;
         let namespace = format!("pj-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         kubectl(&["create", "namespace", &namespace]);
-        let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/dispatcher-rbac.yaml"))?;
+        let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/base/dispatcher-rbac.yaml"))?;
         let manifest = manifest.replace("namespace: proofjobs", &format!("namespace: {namespace}"));
         kubectl_with(&admin_kubeconfig(), &["apply", "-f", "-"], Some(&manifest));
         kubectl(&[

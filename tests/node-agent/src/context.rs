@@ -14,7 +14,8 @@ use crate::logs::LogRegistry;
 pub struct AgentContext {
     pub client: Client,
     pub images: ImageMap,
-    /// PATH/HOME/TMPDIR of the agent: the only host variables a pod process inherits.
+    /// PATH/HOME/TMPDIR of the agent (the only host variables a pod process inherits) and the
+    /// apiserver's KUBERNETES_SERVICE_HOST/PORT.
     pub base_env: Vec<(String, String)>,
     /// Absolute; holds `logs/` and `pods/`.
     pub work_dir: PathBuf,

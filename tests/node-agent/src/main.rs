@@ -17,6 +17,7 @@ mod pool;
 mod process;
 mod quantity;
 mod status;
+mod volumes;
 mod worker;
 
 use std::collections::HashSet;
@@ -89,7 +90,9 @@ struct Args {
     max_grace_secs: u64,
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
+/// The client, and the apiserver's host and port as pods see them (`KUBERNETES_SERVICE_HOST`/
+/// `_PORT`, which the kubelet gives every pod for in-cluster config).
+async fn client(kubeconfig: Option<&PathBuf>) -> Result<(kube::Client, Vec<(String, String)>)> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).with_context(|| format!("read kubeconfig {}", path.display()))?;
@@ -97,7 +100,15 @@ async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
         }
         None => kube::Config::infer().await.context("infer kube config")?,
     };
-    kube::Client::try_from(config).context("build kube client")
+    let url = &config.cluster_url;
+    let service_env = match (url.host(), url.port_u16()) {
+        (Some(host), port) => vec![
+            ("KUBERNETES_SERVICE_HOST".to_string(), host.to_string()),
+            ("KUBERNETES_SERVICE_PORT".to_string(), port.unwrap_or(443).to_string()),
+        ],
+        _ => Vec::new(),
+    };
+    Ok((kube::Client::try_from(config).context("build kube client")?, service_env))
 }
 
 async fn shutdown_signal() {
@@ -145,11 +156,11 @@ async fn main() -> Result<()> {
     let (acceptor, _cert) = logs::tls_acceptor()?;
     let registry = LogRegistry::new(work_dir.join("logs"));
 
-    let client = client(args.kubeconfig.as_ref()).await?;
+    let (client, service_env) = client(args.kubeconfig.as_ref()).await?;
     let ctx = Arc::new(AgentContext {
         client: client.clone(),
         images,
-        base_env: context::base_env_from_host(),
+        base_env: context::base_env_from_host().into_iter().chain(service_env).collect(),
         work_dir,
         logs: registry.clone(),
         log_port,

@@ -27,6 +27,8 @@ pub struct ProcessSpec {
     pub env: Vec<(String, String)>,
     pub working_dir: PathBuf,
     pub log_path: PathBuf,
+    /// File volumes (volumes.rs), bind-mounted in the process's own mount namespace.
+    pub mounts: Vec<crate::volumes::FileMount>,
 }
 
 /// Why a pod cannot be started; each maps to a terminal Failed status.
@@ -166,7 +168,7 @@ pub fn translate(pod: &Pod, host: &Host<'_>, sources: &EnvSources) -> Result<Pro
     };
     let log_path = log_path(host.work_dir, &namespace, &name, &container.name);
 
-    Ok(ProcessSpec { container: container.name.clone(), image, program, args, env, working_dir, log_path })
+    Ok(ProcessSpec { container: container.name.clone(), image, program, args, env, working_dir, log_path, mounts: Vec::new() })
 }
 
 /// Per-pod scratch directory, the default working directory.

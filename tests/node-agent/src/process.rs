@@ -73,9 +73,52 @@ pub fn spawn(spec: &ProcessSpec) -> io::Result<Running> {
         .stderr(Stdio::from(log_err))
         .process_group(0)
         .kill_on_drop(true);
+    if !spec.mounts.is_empty() {
+        private_mounts(&mut cmd, &spec.mounts)?;
+    }
     let child = cmd.spawn()?;
     let pid = child.id().ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
     Ok(Running { pid, started_at: Timestamp::now(), child })
+}
+
+/// Gives the child its own mount namespace with `mounts` bound (read-only) at their targets, so
+/// a pod sees its ServiceAccount token at the standard path and no other pod sees it. Needs root
+/// (CAP_SYS_ADMIN), as the agent runs in the test environment. Target directories are created
+/// on the host beforehand (empty; the bind mount covers them only inside the namespace).
+fn private_mounts(cmd: &mut Command, mounts: &[crate::volumes::FileMount]) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let mut pairs = Vec::new();
+    for m in mounts {
+        fs::create_dir_all(&m.target)?;
+        let c = |p: &std::path::Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+        pairs.push((c(&m.source)?, c(&m.target)?));
+    }
+    // SAFETY: between fork and exec only async-signal-safe system calls are made (unshare,
+    // mount); every string was allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Keep our mounts from propagating back to the host's namespace.
+            let root = c"/";
+            if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for (source, target) in &pairs {
+                if libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                if libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 impl Running {
@@ -118,7 +161,28 @@ mod tests {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             working_dir: dir.join("wd"),
             log_path: dir.join("logs").join("ns_p_c.log"),
+            mounts: Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn file_volumes_are_seen_only_by_the_pods_process() {
+        // SAFETY: geteuid has no side effects.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED file_volumes_are_seen_only_by_the_pods_process: bind mounts in a private mount namespace need root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("files");
+        fs::create_dir_all(&source).unwrap();
+        fs::write(source.join("token"), "secret-token").unwrap();
+        let target = dir.path().join("var/run/secrets");
+        let mut spec = sh(dir.path(), &format!("cat {}/token", target.display()), &[]);
+        spec.mounts = vec![crate::volumes::FileMount { source, target: target.clone() }];
+        let mut running = spawn(&spec).unwrap();
+        assert_eq!(running.wait().await.unwrap(), Exit { code: 0, signal: None });
+        assert_eq!(fs::read_to_string(&spec.log_path).unwrap(), "secret-token");
+        assert!(target.is_dir() && !target.join("token").exists(), "the mount leaked into the host's namespace");
     }
 
     #[test]

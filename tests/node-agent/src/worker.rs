@@ -120,6 +120,14 @@ impl Worker {
             }
             Err(e) => Err(e),
         };
+        // File volumes (ServiceAccount token, mounted ConfigMaps) are written before the start.
+        let spec = match spec {
+            Ok(mut s) => crate::volumes::materialize(&self.ctx.client, &pod, &self.ctx.work_dir).await.map(|mounts| {
+                s.mounts = mounts;
+                s
+            }),
+            Err(e) => Err(e),
+        };
         let spec = match spec {
             Ok(s) => s,
             Err(err) => {
