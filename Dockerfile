@@ -8,7 +8,8 @@
 #
 # Build arguments:
 #   BINARIES=source    compile in the `build-source` stage (the default; needs the crates registry
-#                      and Debian's mirrors; 20-40 min on 8 cores). The CUDA runner needs CUDA_WHEELS.
+#                      and Debian's mirrors; 20-40 min on 8 cores). The CUDA runner needs
+#                      CUDA_WHEELS=true (and CUDA_ARCHS for the GPU generations, default 89,90).
 #   BINARIES=prebuilt  take stripped binaries from ./dist/ instead (built on a Debian bookworm
 #                      host: scripts/images.sh does this; it is how the test suite builds images).
 #   WARM_KEYS=true     bake SP1's recursion proving-key cache (~7 GB) into the runner images, so a
@@ -35,8 +36,10 @@ RUN cargo build --release --locked -p proofjobs-api -p proofjobs-dispatcher -p p
     && mkdir -p /out \
     && for b in proofjobs-api proofjobs-dispatcher proofctl task-runner warm-keys; do strip -o /out/$b /target/release/$b; done
 # The CUDA runner: CUDA's compiler and headers as PyPI wheels, as scripts/build-cuda.sh does.
+# CUDA_ARCHS: the GPU generations compiled in (89: L4/L40S, the terraform default; 90: H100/H200).
 ARG CUDA_WHEELS=false
-RUN if [ "$CUDA_WHEELS" = true ]; then scripts/build-cuda.sh && strip -o /out/task-runner-cuda /target/release/task-runner-cuda; \
+ARG CUDA_ARCHS=89,90
+RUN if [ "$CUDA_WHEELS" = true ]; then CUDA_ARCHS="$CUDA_ARCHS" scripts/build-cuda.sh && strip -o /out/task-runner-cuda /target/release/task-runner-cuda; \
     else printf '#!/bin/sh\necho "this image was built without CUDA_WHEELS=true" >&2\nexit 69\n' > /out/task-runner-cuda && chmod +x /out/task-runner-cuda; fi
 
 # ---- binaries built outside (scripts/images.sh) ----------------------------------------------

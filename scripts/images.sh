@@ -5,7 +5,8 @@
 # binaries, stripped into dist/. Where Docker and Docker Hub are available, build with
 # `docker build --target <name> .` instead (docs/OPERATING.md).
 #
-#   scripts/images.sh [TARGET...]     # default: api dispatcher proofctl task-runner
+#   scripts/images.sh [TARGET...]     # default: api dispatcher proofctl task-runner, and
+#                                     # task-runner-cuda when scripts/build-cuda.sh has built it
 #   TAG=dev (default)                 # images are localhost/proofjobs/<target>:$TAG
 #
 # Prints `<image> <size in bytes>` per image on stdout.
@@ -14,7 +15,6 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 TAG=${TAG:-dev}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(api dispatcher proofctl task-runner)
 cache="$HOME/.cache/proofjobs/images"
 mkdir -p "$cache"
 
@@ -64,6 +64,10 @@ if [ -x "$cuda" ]; then
   if [ ! -f dist/task-runner-cuda ] || [ "$cuda" -nt dist/task-runner-cuda ]; then strip -o dist/task-runner-cuda "$cuda"; fi
 else
   rm -f dist/task-runner-cuda
+fi
+if [ ${#targets[@]} -eq 0 ]; then
+  targets=(api dispatcher proofctl task-runner)
+  [ -f dist/task-runner-cuda ] && targets+=(task-runner-cuda)
 fi
 
 for target in "${targets[@]}"; do

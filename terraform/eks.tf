@@ -76,11 +76,14 @@ resource "aws_eks_access_policy_association" "admin" {
 
 # Add-ons without a version take the default version EKS pairs with the cluster's Kubernetes
 # version; set addon_version here to pin them as well.
+# Network policy enforcement on: the manifests' default-deny NetworkPolicies only mean
+# something where the CNI enforces them.
 resource "aws_eks_addon" "vpc_cni" {
   cluster_name                = aws_eks_cluster.this.name
   addon_name                  = "vpc-cni"
   resolve_conflicts_on_create = "OVERWRITE"
   resolve_conflicts_on_update = "OVERWRITE"
+  configuration_values        = jsonencode({ enableNetworkPolicy = "true" })
 }
 
 resource "aws_eks_addon" "kube_proxy" {

@@ -65,11 +65,12 @@ struct KubeArgs {
     /// ServiceAccount of runner pods.
     #[arg(long, env = "PROOFJOBS_RUNNER_SERVICE_ACCOUNT")]
     runner_service_account: Option<String>,
-    /// Secret with `database-url` and `artifact-store` for runner pods.
-    #[arg(long, env = "PROOFJOBS_RUNNER_SECRET", default_value = "proofjobs-runner")]
+    /// Secret with `database-url` and `artifact-store` (the one the api and dispatcher read too).
+    #[arg(long, env = "PROOFJOBS_RUNNER_SECRET", default_value = "proofjobs-stores")]
     runner_secret: String,
-    /// Extra non-secret runner environment, `NAME=value` (repeatable).
-    #[arg(long = "runner-env", value_parser = parse_env)]
+    /// Extra non-secret runner environment, `NAME=value` (repeatable; in the environment,
+    /// comma-separated), e.g. `PROOFJOBS_PROVER=cuda` for a CUDA cluster.
+    #[arg(long = "runner-env", env = "PROOFJOBS_RUNNER_ENV", value_delimiter = ',', value_parser = parse_env)]
     runner_env: Vec<(String, String)>,
     /// Stage profiles (JSON, usually a mounted ConfigMap); defaults built in.
     #[arg(long, env = "PROOFJOBS_STAGE_PROFILES")]

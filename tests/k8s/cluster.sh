@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes control plane on loopback for the tests: etcd, kube-apiserver (token
 # authentication, RBAC, service-account token signing), a kube-controller-manager with the Job,
-# Deployment, ReplicaSet, disruption (PodDisruptionBudget), TTL-after-finished, garbage-collector, namespace, pod-GC, node-lifecycle and service-account
+# Deployment, ReplicaSet, disruption (PodDisruptionBudget), TTL-after-finished, garbage-collector,
+# namespace, pod-GC, node-lifecycle and service-account
 # controllers, and kube-scheduler. No kubelet: tests/node-agent plays the nodes.
 #
 #   eval "$(tests/k8s/cluster.sh start)"   # exports KUBECONFIG, PROOFJOBS_K8S_DIR, PATH (kubectl)

@@ -103,7 +103,7 @@ impl KubeEnv {
             "create",
             "secret",
             "generic",
-            "proofjobs-runner",
+            "proofjobs-stores",
             &format!("--from-literal=database-url={db_url}"),
             &format!("--from-literal=artifact-store={store_url}"),
         ]);

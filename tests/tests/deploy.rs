@@ -135,6 +135,11 @@ async fn every_overlay_keeps_the_invariants_and_the_apiserver_accepts_it() {
         eks_profiles.get(proofjobs_pipeline::stage::Stage::ProveCore).image.as_deref().is_some_and(|i| i.contains("task-runner-cuda")),
         "eks: GPU stages run the CUDA image"
     );
+    let eks_settings = named(&rendered[0].1, "ConfigMap", "proofjobs-dispatcher-settings");
+    assert!(
+        eks_settings["data"]["PROOFJOBS_RUNNER_ENV"].as_str().is_some_and(|v| v.split(',').any(|kv| kv == "PROOFJOBS_PROVER=cuda")),
+        "eks: every runner is told the proof is proved on GPUs"
+    );
 
     // Server-side dry run: every object passes the apiserver's validation and admission.
     let _k = kube_lock().await;
@@ -305,6 +310,9 @@ async fn the_test_overlay_runs_a_proof_and_survives_losing_its_leader() {
         v
     };
     assert_eq!(jobs(), expected, "twin or retried Jobs across the failover");
+    // The settings ConfigMap reached the runners: PROOFJOBS_RUNNER_ENV, comma-separated.
+    let env = kubectl(&["-n", &namespace, "get", "job", &expected[0], "-o", "jsonpath={.spec.template.spec.containers[0].env}"]);
+    assert!(env.contains(r#"{"name":"PROOFJOBS_PROVER","value":"cpu"}"#) && env.contains(r#"{"name":"RUST_LOG","value":"info"}"#), "{env}");
     println!("{}", kubectl(&["-n", &namespace, "get", "jobs", "-l", &label, "-L", "proofjobs.io/stage,proofjobs.io/progress"]));
 
     let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();

@@ -647,3 +647,20 @@ fn terraform_fmt_is_clean() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn network_policies_are_enforced_by_the_vpc_cni() {
+    let config = Config::load();
+    let cni = config
+        .resources("aws_eks_addon")
+        .into_values()
+        .find(|b| attr(b.body(), "addon_name").and_then(|v| config.resolve_str(v)).as_deref() == Some("vpc-cni"))
+        .expect("no vpc-cni add-on");
+    let values = attr(cni.body(), "configuration_values")
+        .expect("the vpc-cni add-on has no configuration_values: the manifests' NetworkPolicies would not be enforced");
+    let Expression::FuncCall(call) = values else { panic!("vpc-cni configuration_values must be jsonencode({{...}}), is {values:?}") };
+    assert_eq!(func_name(call), "jsonencode", "vpc-cni configuration_values must be jsonencode({{...}})");
+    let settings = call.args.first().and_then(object).expect("jsonencode of an object");
+    let enabled = get(settings, "enableNetworkPolicy").and_then(|e| config.resolve_str(e));
+    assert_eq!(enabled.as_deref(), Some("true"), "the vpc-cni add-on must set enableNetworkPolicy = \"true\"");
+}

@@ -71,7 +71,7 @@ impl JobSettings {
             image: "proofjobs/task-runner:dev".into(),
             command: "/usr/local/bin/task-runner".into(),
             service_account: None,
-            runner_secret: "proofjobs-runner".into(),
+            runner_secret: "proofjobs-stores".into(),
             extra_env: Vec::new(),
             ttl_after_finished_secs: 600,
             shm_size: "2Gi".into(),
@@ -434,7 +434,7 @@ mod tests {
         let env = v["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
         let db = env.iter().find(|e| e["name"] == "DATABASE_URL").unwrap();
         assert!(db.get("value").is_none());
-        assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "proofjobs-runner");
+        assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "proofjobs-stores");
         let id = env.iter().find(|e| e["name"] == "PROOFJOBS_RUNNER_ID").unwrap();
         assert_eq!(id["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
         assert!(!text.contains("postgres://"));
