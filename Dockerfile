@@ -24,12 +24,12 @@ ARG CUDA_BASE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
 
 # ---- binaries compiled from this source tree -------------------------------------------------
 FROM debian:bookworm-slim AS build-source
+# Rust 1.96 from Debian's security suite (rustc-web/cargo-web): no toolchain download at build time.
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      ca-certificates curl build-essential pkg-config protobuf-compiler clang lld binutils git python3 python3-pip \
+      ca-certificates build-essential pkg-config protobuf-compiler clang lld binutils git python3 python3-pip \
+      rustc-web cargo-web \
     && rm -rf /var/lib/apt/lists/*
-# Rust from rustup (the toolchain the project is developed with); SP1 needs a recent one.
-RUN curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
-ENV PATH=/root/.cargo/bin:$PATH CARGO_TARGET_DIR=/target
+ENV CARGO_TARGET_DIR=/target
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p proofjobs-api -p proofjobs-dispatcher -p proofctl -p proofjobs-task-runner \

@@ -37,18 +37,27 @@ EOF
 export CONTAINERS_CONF="$cache/containers.conf"
 
 base=docker.io/library/debian:bookworm-slim
-if ! podman image exists "$base"; then
-  if [ ! -f "$cache/bookworm-minbase.tar" ]; then
+# The tarball's name is its recipe's version: a new recipe makes a new base.
+tarball="$cache/bookworm-minbase-2.tar"
+if ! podman image exists "$base" || [ "$(cat "$cache/base.from" 2>/dev/null)" != "$tarball" ]; then
+  if [ ! -f "$tarball" ]; then
     echo "images: debootstrap bookworm (once, ~70 s)" >&2
     rootfs=$(mktemp -d)
     debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 \
       || { tail -20 "$cache/debootstrap.log" >&2; exit 1; }
+    # The suites Docker Hub's debian:bookworm-slim lists, so a source build finds the same packages.
+    rm -f "$rootfs/etc/apt/sources.list"
+    printf '%s\n' "Types: deb" "URIs: http://deb.debian.org/debian" "Suites: bookworm bookworm-updates" "Components: main" \
+      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" "" "Types: deb" "URIs: http://deb.debian.org/debian-security" \
+      "Suites: bookworm-security" "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" \
+      > "$rootfs/etc/apt/sources.list.d/debian.sources"
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -cf "$cache/bookworm-minbase.tar.tmp" .
-    mv "$cache/bookworm-minbase.tar.tmp" "$cache/bookworm-minbase.tar"
+    tar -C "$rootfs" -cf "$tarball.tmp" .
+    mv "$tarball.tmp" "$tarball"
     rm -rf "$rootfs"
   fi
-  podman import "$cache/bookworm-minbase.tar" "$base" >/dev/null
+  podman import "$tarball" "$base" >/dev/null
+  echo "$tarball" > "$cache/base.from"
 fi
 
 # The binaries the images carry, stripped of debug info (they are ~3x smaller).
