@@ -26,20 +26,23 @@ ARG CUDA_BASE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
 FROM debian:bookworm-slim AS build-source
 # Rust 1.96 from Debian's security suite (rustc-web/cargo-web): no toolchain download at build time.
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      ca-certificates build-essential pkg-config protobuf-compiler clang lld binutils git python3 python3-pip \
-      rustc-web cargo-web \
+      ca-certificates build-essential pkg-config protobuf-compiler libprotobuf-dev clang lld binutils git \
+      python3 python3-pip rustc-web cargo-web \
     && rm -rf /var/lib/apt/lists/*
 ENV CARGO_TARGET_DIR=/target
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p proofjobs-api -p proofjobs-dispatcher -p proofctl -p proofjobs-task-runner \
+# Cache mounts keep the registry and the build between image builds (BuildKit, buildah).
+RUN --mount=type=cache,target=/root/.cargo/registry --mount=type=cache,target=/target \
+    cargo build --release --locked -p proofjobs-api -p proofjobs-dispatcher -p proofctl -p proofjobs-task-runner \
     && mkdir -p /out \
     && for b in proofjobs-api proofjobs-dispatcher proofctl task-runner warm-keys; do strip -o /out/$b /target/release/$b; done
 # The CUDA runner: CUDA's compiler and headers as PyPI wheels, as scripts/build-cuda.sh does.
 # CUDA_ARCHS: the GPU generations compiled in (89: L4/L40S, the terraform default; 90: H100/H200).
 ARG CUDA_WHEELS=false
 ARG CUDA_ARCHS=89,90
-RUN if [ "$CUDA_WHEELS" = true ]; then CUDA_ARCHS="$CUDA_ARCHS" scripts/build-cuda.sh && strip -o /out/task-runner-cuda /target/release/task-runner-cuda; \
+RUN --mount=type=cache,target=/root/.cargo/registry --mount=type=cache,target=/target \
+    if [ "$CUDA_WHEELS" = true ]; then CUDA_ARCHS="$CUDA_ARCHS" scripts/build-cuda.sh && strip -o /out/task-runner-cuda /target/release/task-runner-cuda; \
     else printf '#!/bin/sh\necho "this image was built without CUDA_WHEELS=true" >&2\nexit 69\n' > /out/task-runner-cuda && chmod +x /out/task-runner-cuda; fi
 
 # ---- binaries built outside (scripts/images.sh) ----------------------------------------------
