@@ -55,6 +55,56 @@ pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> St
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The Secret the api, dispatcher and runner pods read the store URLs from (the dispatcher's
+/// default `--runner-secret`).
+pub fn create_stores_secret(namespace: &str, db_url: &str, store_url: &str) {
+    kubectl(&[
+        "-n",
+        namespace,
+        "create",
+        "secret",
+        "generic",
+        "proofjobs-stores",
+        &format!("--from-literal=database-url={db_url}"),
+        &format!("--from-literal=artifact-store={store_url}"),
+    ]);
+}
+
+/// The names of a proof's stage Jobs in `namespace`, sorted.
+pub fn proof_job_names(namespace: &str, proof_id: &str) -> Vec<String> {
+    let out = kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        "jobs",
+        "-o",
+        "name",
+        "-l",
+        &format!("proofjobs.io/proof={}", proofjobs_dispatcher::kubernetes::job_spec::proof_label(proof_id)),
+    ]);
+    let mut names: Vec<String> = out.lines().map(|l| l.trim_start_matches("job.batch/").to_string()).collect();
+    names.sort();
+    names
+}
+
+/// Starts the node agent with `args`, logging to `log`, and waits until it says it is ready
+/// (or fails with its log when it exits or takes over 60 s).
+pub fn spawn_node_agent(args: &[&str], log: PathBuf) -> Result<Proc> {
+    let mut agent = Proc::spawn(&bin("node-agent"), args, &[], log.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("node-agent ready") {
+            return Ok(agent);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "node agent did not come up:\n{text}");
+        if let Ok(Some(status)) = agent.child.try_wait() {
+            anyhow::bail!("node agent exited with {status}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub struct KubeEnv {
     pub namespace: String,
     /// The dispatcher ServiceAccount's kubeconfig (token from the TokenRequest API).
@@ -97,16 +147,7 @@ impl KubeEnv {
         let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/base/dispatcher-rbac.yaml"))?;
         let manifest = manifest.replace("namespace: proofjobs", &format!("namespace: {namespace}"));
         kubectl_with(&admin_kubeconfig(), &["apply", "-f", "-"], Some(&manifest));
-        kubectl(&[
-            "-n",
-            &namespace,
-            "create",
-            "secret",
-            "generic",
-            "proofjobs-stores",
-            &format!("--from-literal=database-url={db_url}"),
-            &format!("--from-literal=artifact-store={store_url}"),
-        ]);
+        create_stores_secret(&namespace, db_url, store_url);
         let token = kubectl(&["-n", &namespace, "create", "token", "proofjobs-dispatcher", "--duration=2h"]);
         let admin = std::fs::read_to_string(admin_kubeconfig())?;
         let dispatcher_config: String = admin
@@ -157,22 +198,8 @@ impl KubeEnv {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = self.dir.path().join("node-agent.log");
-        let agent = Proc::spawn(&bin("node-agent"), &args, &[], log.clone());
-        self.node_agent = Some(agent);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("node-agent ready") {
-                return Ok(());
-            }
-            anyhow::ensure!(Instant::now() < deadline, "node agent did not come up:\n{text}");
-            if let Some(agent) = self.node_agent.as_mut() {
-                if let Ok(Some(status)) = agent.child.try_wait() {
-                    anyhow::bail!("node agent exited with {status}:\n{text}");
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.node_agent = Some(spawn_node_agent(&args, log)?);
+        Ok(())
     }
 
     /// The dispatcher environment for the Kubernetes backend in this namespace.
@@ -242,19 +269,7 @@ impl KubeEnv {
     }
 
     pub fn job_names(&self, proof_id: &str) -> Vec<String> {
-        let out = kubectl(&[
-            "-n",
-            &self.namespace,
-            "get",
-            "jobs",
-            "-o",
-            "name",
-            "-l",
-            &format!("proofjobs.io/proof={}", proofjobs_dispatcher::kubernetes::job_spec::proof_label(proof_id)),
-        ]);
-        let mut names: Vec<String> = out.lines().map(|l| l.trim_start_matches("job.batch/").to_string()).collect();
-        names.sort();
-        names
+        proof_job_names(&self.namespace, proof_id)
     }
 
     pub fn node_events(&self) -> Vec<serde_json::Value> {

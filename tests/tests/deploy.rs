@@ -229,16 +229,7 @@ async fn the_test_overlay_runs_a_proof_and_survives_losing_its_leader() {
     )
     .unwrap();
     kubectl(&["create", "namespace", &namespace]);
-    kubectl(&[
-        "-n",
-        &namespace,
-        "create",
-        "secret",
-        "generic",
-        "proofjobs-stores",
-        &format!("--from-literal=database-url={}", db.url),
-        &format!("--from-literal=artifact-store={}", redis_url()),
-    ]);
+    create_stores_secret(&namespace, &db.url, &redis_url());
     let agent = NodeAgent::start(dir.path());
     let applied = kubectl(&["apply", "-k", &dir.path().display().to_string()]);
     let diagnostics = || {
@@ -273,12 +264,7 @@ async fn the_test_overlay_runs_a_proof_and_survives_losing_its_leader() {
     let submitted = client.submit(futures::stream::iter(submit_messages("core", FIBONACCI_ELF, &fibonacci_stdin(n), 0, 0))).await.unwrap();
     let id = submitted.into_inner().proof_id;
     let label = format!("proofjobs.io/proof={}", proofjobs_dispatcher::kubernetes::job_spec::proof_label(&id));
-    let jobs = || {
-        let out = kubectl(&["-n", &namespace, "get", "jobs", "-l", &label, "-o", "name"]);
-        let mut names: Vec<String> = out.lines().map(|l| l.trim_start_matches("job.batch/").to_string()).collect();
-        names.sort();
-        names
-    };
+    let jobs = || proof_job_names(&namespace, &id);
 
     // Mid-proof, once the leader has created the first Job, kill it (SIGKILL: no release).
     wait_for("the first stage Job", Duration::from_secs(60), diagnostics, || Some(()).filter(|_| !jobs().is_empty()));
@@ -382,13 +368,7 @@ impl NodeAgent {
             "2".into(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let log = dir.join("node-agent.log");
-        let proc = Proc::spawn(&bin("node-agent"), &args, &[], log.clone());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !std::fs::read_to_string(&log).unwrap_or_default().contains("node-agent ready") {
-            assert!(Instant::now() < deadline, "node agent did not come up:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let proc = spawn_node_agent(&args, dir.join("node-agent.log")).unwrap();
         NodeAgent { proc, work }
     }
 
