@@ -166,7 +166,13 @@ async fn main() -> anyhow::Result<()> {
                 hung_after: Duration::from_secs(args.hung_runner_secs),
             };
             // In-cluster config, or KUBECONFIG outside a cluster.
-            let client = kube::Client::try_default().await?;
+            let mut config = kube::Config::infer().await?;
+            // kube's own retry layer: 429, 503 and 504 are retried with exponential backoff that
+            // honours Retry-After (apiserver priority and fairness says when to come back).
+            // Every other error reaches the reconcile loop, which backs off per proof with the
+            // state in the database (docs/ARCHITECTURE.md, "Retries").
+            config.default_retry = true;
+            let client = kube::Client::try_from(config)?;
             let stop = stop_signal()?;
             let leadership = match lease {
                 Some(lease) => match leader::acquire(client.clone(), lease, &mut stop.clone()).await? {

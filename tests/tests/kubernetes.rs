@@ -144,14 +144,16 @@ async fn stage_jobs_run_real_runners_and_bad_input_fails_without_retry() {
 }
 
 /// Faults that must not fail a proof: a runner process killed mid-task (counted, a new attempt
-/// Job), a stage Job deleted by hand (a new attempt Job), and a node deleted under a running pod
-/// (replaced inside the Job, not counted). Execute mode of a long program
-/// keeps each runner busy long enough to hit it.
+/// Job), a stage Job deleted by hand (a new attempt Job), a node deleted under a running pod
+/// (replaced inside the Job, not counted), and a runner that hangs (stopped, so its heartbeat
+/// goes stale: its pod is deleted and its task handed on). Execute mode of a long program keeps
+/// each runner busy long enough to hit it.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_killed_runner_a_deleted_job_and_a_lost_node_do_not_fail_the_proof() {
+async fn a_killed_runner_a_deleted_job_a_lost_node_and_a_hung_runner_do_not_fail_the_proof() {
     init_tracing();
     let _k = kube_lock().await;
-    let options = KubeOptions::default();
+    // Heartbeats come every 5 s; 20 s of silence is a hang here (120 s by default).
+    let options = KubeOptions { dispatcher_env: vec![("PROOFJOBS_HUNG_RUNNER_SECS", "20".into())], ..KubeOptions::default() };
     let (cluster, env) = KubeEnv::cluster(&options).await.unwrap();
     let mut client = cluster.client().await;
     let n = fibonacci_n_for_cycles(400_000_000);
@@ -206,6 +208,25 @@ async fn a_killed_runner_a_deleted_job_and_a_lost_node_do_not_fail_the_proof() {
     assert_eq!(failures, 0, "a lost node is not the runner's failure");
     let pods = kubectl(&["-n", &env.namespace, "get", "pods", "-l", &format!("batch.kubernetes.io/job-name={job}"), "-o", "name"]);
     println!("pods of {job} after the node loss:\n{pods}");
+
+    // 4. A hung runner: SIGSTOP freezes it mid-task, heartbeats included. The dispatcher deletes
+    // its pod (the node agent then kills the process), says so on the Job, hands the task on,
+    // and the proof completes.
+    let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
+    let pid = wait_runner_process(&id, Duration::from_secs(60)).await;
+    // SAFETY: stopping a task-runner process of this test.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    while pid_alive(pid) {
+        assert!(stopped.elapsed() < Duration::from_secs(120), "the hung runner's process was never stopped\n{}", env.node_agent_log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("hung runner's process gone {:.0} s after it froze", stopped.elapsed().as_secs_f64());
+    let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
+    let jobs = env.job_names(&id);
+    let reasons: Vec<String> = jobs.iter().flat_map(|job| env.event_reasons(job, "RunnerHung")).collect();
+    assert!(reasons.contains(&"RunnerHung".to_string()), "the hung runner's Job says so: {jobs:?} {reasons:?}");
     cluster.shutdown().await;
 }
 

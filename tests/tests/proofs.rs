@@ -71,6 +71,28 @@ async fn an_embedded_run_ends_without_a_warning() {
     assert!(noisy.is_empty(), "the embedded run printed:\n{}", noisy.join("\n"));
 }
 
+/// `proofctl bench execute` runs the light-client baseline and embedded mode as fresh processes
+/// and refuses to print a table when they did not run the program to the same cycle count.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_execute_bench_compares_embedded_mode_with_the_light_client() {
+    init_tracing();
+    let result = std::process::Command::new(bin("proofctl"))
+        .args(["bench", "execute", "--fibonacci-mcycles", "2", "--runs", "1"])
+        .env_remove("PROOFJOBS_API")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(result.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&result.stderr));
+    println!("{stdout}");
+    let ratio = stdout
+        .lines()
+        .find(|l| l.starts_with("| proofjobs embedded |"))
+        .and_then(|l| l.split('|').nth(5)?.trim().strip_suffix('x')?.parse::<f64>().ok())
+        .expect("an embedded row with a ratio");
+    assert!(ratio > 0.0, "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("| sp1-sdk light client |")), "{stdout}");
+}
+
 /// The README's main job: `proofctl prove` with no --api, for core and compressed proofs. The
 /// compressed proof is made twice, with the recursion keys loaded from the key cache and with the
 /// cache off (every key computed, as SP1 does): both verify with the stock verifier and carry the

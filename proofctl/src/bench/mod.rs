@@ -2,6 +2,9 @@
 //! pipeline and, side by side in the same run, directly in a fresh process — with sp1-sdk's CPU
 //! prover, or with `--baseline-bin` another prover such as SP1's GPU prover (`sp1-gpu-direct`) —
 //! wall time and peak memory of each, as a table. `--check` verifies every proof it timed.
+//! `proofctl bench execute` compares execute-only runs with sp1-sdk's light client (execute.rs).
+
+mod execute;
 
 use std::{path::PathBuf, time::Instant};
 
@@ -36,6 +39,32 @@ pub enum BenchCommand {
         #[arg(long)]
         check: bool,
     },
+    /// Execute a program with sp1-sdk's light client, in embedded mode and (with --api) through a
+    /// cluster, each as a fresh process, interleaved; prints median wall times and the ratios.
+    Execute {
+        /// The program (default: the in-repo Fibonacci guest at --fibonacci-mcycles).
+        #[arg(long, requires = "stdin")]
+        elf: Option<PathBuf>,
+        /// Its bincode SP1Stdin.
+        #[arg(long, requires = "elf")]
+        stdin: Option<PathBuf>,
+        #[arg(long, default_value_t = 100.0)]
+        fibonacci_mcycles: f64,
+        /// Paired runs of each.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Also run through this proofjobs api.
+        #[arg(long)]
+        api: Option<String>,
+    },
+    /// (internal) sp1-sdk's light client `execute` in this process; prints a JSON line.
+    #[command(hide = true)]
+    Light {
+        #[arg(long)]
+        elf: PathBuf,
+        #[arg(long)]
+        stdin: PathBuf,
+    },
     /// (internal) One direct sp1-sdk proof in this process; prints a JSON line.
     #[command(hide = true)]
     Sdk {
@@ -56,6 +85,22 @@ pub async fn run(command: BenchCommand) -> Result<()> {
             };
             fibonacci(mcycles, &modes, baseline, &key_cache, check).await
         }
+        BenchCommand::Execute { elf, stdin, fibonacci_mcycles, runs, api } => {
+            anyhow::ensure!(runs > 0, "--runs must be at least 1");
+            let dir = tempfile::tempdir()?;
+            let (elf, stdin) = match (elf, stdin) {
+                (Some(elf), Some(stdin)) => (elf, stdin),
+                _ => {
+                    let n = fibonacci_n_for_cycles((fibonacci_mcycles * 1e6) as u64);
+                    let (elf, stdin) = (dir.path().join("fibonacci.elf"), dir.path().join("stdin.bin"));
+                    std::fs::write(&elf, FIBONACCI_ELF)?;
+                    std::fs::write(&stdin, bincode::serialize(&fibonacci_stdin(n))?)?;
+                    (elf, stdin)
+                }
+            };
+            tokio::task::spawn_blocking(move || execute::run(execute::ExecuteBench { elf, stdin, runs, api })).await?
+        }
+        BenchCommand::Light { elf, stdin } => execute::light(&elf, &stdin).await,
         BenchCommand::Sdk { n, mode } => sdk(n, &mode).await,
     }
 }
