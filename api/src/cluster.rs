@@ -15,7 +15,10 @@ use sp1_prover_types::cluster::{
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
-use crate::intake::{self, internal, Intake};
+use crate::{
+    auth::Caller,
+    intake::{self, internal, Intake},
+};
 
 pub struct ClusterApi {
     intake: Intake,
@@ -25,6 +28,19 @@ pub struct ClusterApi {
 impl ClusterApi {
     pub fn new(intake: Intake) -> ClusterApi {
         ClusterApi { intake, manifest: Mutex::new(ClusterComponentManifest::default()) }
+    }
+
+    /// The proof request, if `caller` may see it (another requester's is "not found").
+    async fn visible(&self, id: &str, caller: &Caller) -> Result<Option<ProofRow>, Status> {
+        Ok(self.intake.db.get_proof(id).await.map_err(internal)?.filter(|row| caller.may_see(row)))
+    }
+}
+
+fn admin_only(caller: &Caller, what: &str) -> Result<(), Status> {
+    if caller.admin {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!("{what} needs an admin key")))
     }
 }
 
@@ -80,6 +96,7 @@ fn to_cluster(row: &ProofRow) -> ProofRequest {
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
     async fn proof_request_create(&self, request: Request<ProofRequestCreateRequest>) -> Result<Response<()>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         if r.proof_id.is_empty() {
             return Err(Status::invalid_argument("proof_id is required"));
@@ -100,6 +117,7 @@ impl ClusterService for ClusterApi {
             cycle_limit: Some(r.cycle_limit).filter(|c| *c > 0),
             idempotency_key: None,
             requester: r.requester,
+            owner: caller.requester,
             gas_limit: Some(r.gas_limit),
             scheduled_by: r.scheduled_by,
             stdin_private: r.stdin_private,
@@ -113,7 +131,11 @@ impl ClusterService for ClusterApi {
     }
 
     async fn proof_request_cancel(&self, request: Request<ProofRequestCancelRequest>) -> Result<Response<()>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().proof_id;
+        if self.visible(&id, &caller).await?.is_none() {
+            return Err(Status::not_found(format!("no proof request with id {id:?}")));
+        }
         match self.intake.db.cancel_proof(&id, "cancelled by the client").await.map_err(internal)? {
             // sp1-cluster's cancel is idempotent on finished requests.
             CancelOutcome::Cancelled | CancelOutcome::AlreadyFinished(_) => Ok(Response::new(())),
@@ -122,6 +144,8 @@ impl ClusterService for ClusterApi {
     }
 
     async fn proof_request_update(&self, request: Request<ProofRequestUpdateRequest>) -> Result<Response<()>, Status> {
+        // It can mark any proof completed: an operator's tool, not a client's.
+        admin_only(&Caller::of(&request)?, "ProofRequestUpdate")?;
         let r = request.into_inner();
         let db = &self.intake.db;
         if db.get_proof(&r.proof_id).await.map_err(internal)?.is_none() {
@@ -147,17 +171,19 @@ impl ClusterService for ClusterApi {
     }
 
     async fn proof_request_get(&self, request: Request<ProofRequestGetRequest>) -> Result<Response<ProofRequestGetResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().proof_id;
-        let row = self.intake.db.get_proof(&id).await.map_err(internal)?;
+        let row = self.visible(&id, &caller).await?;
         // sp1-cluster answers an unknown id with an empty response, not an error.
         Ok(Response::new(ProofRequestGetResponse { proof_request: row.as_ref().map(to_cluster) }))
     }
 
     async fn proof_request_list(&self, request: Request<ProofRequestListRequest>) -> Result<Response<ProofRequestListResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
         let limit = r.limit.unwrap_or(100).min(1000) as i64;
         let offset = r.offset.unwrap_or(0) as i64;
-        let rows = self.intake.db.list_proofs(&[], 100_000, 0).await.map_err(internal)?;
+        let rows = self.intake.db.list_proofs(&[], caller.owner_filter(), 100_000, 0).await.map_err(internal)?;
         let wanted: Vec<i32> = r.proof_status.clone();
         let proofs: Vec<ProofRequest> = rows
             .iter()
@@ -176,6 +202,7 @@ impl ClusterService for ClusterApi {
     }
 
     async fn set_cluster_component_info(&self, request: Request<SetClusterComponentInfoRequest>) -> Result<Response<()>, Status> {
+        admin_only(&Caller::of(&request)?, "SetClusterComponentInfo")?;
         let r = request.into_inner();
         let mut manifest = self.manifest.lock().await;
         manifest.components = r.components;

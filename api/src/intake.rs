@@ -36,6 +36,8 @@ pub struct Request {
     pub cycle_limit: Option<u64>,
     pub idempotency_key: Option<String>,
     pub requester: Vec<u8>,
+    /// The authenticated caller the proof will belong to.
+    pub owner: String,
     pub gas_limit: Option<u64>,
     pub scheduled_by: Option<String>,
     pub stdin_private: bool,
@@ -103,7 +105,7 @@ impl Intake {
         validate_program(&program)?;
         validate_stdin(&stdin)?;
         if let Some(key) = &request.idempotency_key {
-            if let Some(existing) = self.existing_for_key(key).await? {
+            if let Some(existing) = self.existing_for_key(&request.owner, key).await? {
                 return Ok((existing, false));
             }
         }
@@ -146,8 +148,8 @@ impl Intake {
         self.create(request, deadline, program_artifact, stdin_artifact, proof_artifact).await
     }
 
-    async fn existing_for_key(&self, key: &str) -> Result<Option<String>, Status> {
-        self.db.proof_for_idempotency_key(key).await.map_err(internal)
+    async fn existing_for_key(&self, owner: &str, key: &str) -> Result<Option<String>, Status> {
+        self.db.proof_for_idempotency_key(owner, key).await.map_err(internal)
     }
 
     async fn create(
@@ -177,6 +179,7 @@ impl Intake {
             deadline,
             idempotency_key: request.idempotency_key,
             requester: request.requester,
+            owner: request.owner,
             gas_limit: request.gas_limit.filter(|g| *g > 0).map(|g| g as i64),
             scheduled_by: request.scheduled_by,
             stdin_private: request.stdin_private,

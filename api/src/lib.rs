@@ -2,6 +2,7 @@
 //! state. It validates and stores what clients send, creates the proof's first task, and reports
 //! progress; it never runs proving work itself.
 
+pub mod auth;
 pub mod cluster;
 pub mod health;
 pub mod intake;

@@ -1,7 +1,7 @@
 //! proofjobs-api: the gRPC front door of a cluster deployment.
 
 use clap::Parser;
-use proofjobs_api::{server, Intake, Limits};
+use proofjobs_api::{auth::Auth, server, Intake, Limits};
 use proofjobs_pipeline::{
     artifacts::{ArtifactStore, StoreConfig},
     state::{Db, Notifications},
@@ -22,6 +22,16 @@ struct Args {
     max_program_bytes: usize,
     #[arg(long, env = "PROOFJOBS_DEFAULT_DEADLINE_SECS", default_value_t = 4 * 3600)]
     default_deadline_secs: u64,
+    /// `keys`: every call needs a bearer API key (`proofctl admin keys create`). `none`: no
+    /// authentication at all, every caller an admin — only behind a network you trust.
+    #[arg(long, env = "PROOFJOBS_AUTH", default_value = "keys", value_parser = ["keys", "none"])]
+    auth: String,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key); plaintext without.
+    #[arg(long, env = "PROOFJOBS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "PROOFJOBS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -39,10 +49,28 @@ async fn main() -> anyhow::Result<()> {
         max_stdin_bytes: args.max_stdin_bytes,
         default_deadline: std::time::Duration::from_secs(args.default_deadline_secs),
     };
+    let auth = match args.auth.as_str() {
+        "none" => {
+            tracing::warn!(
+                "AUTHENTICATION IS OFF (--auth none): anyone who reaches {} can submit, read, cancel and rewrite every proof. Use this only behind a network you trust.",
+                args.addr
+            );
+            Auth::Disabled
+        }
+        _ => Auth::Keys(db.clone()),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()));
+            Some(tonic::transport::Identity::from_pem(read(cert)?, read(key)?))
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(&args.addr).await?;
     // Kubernetes stops a pod with SIGTERM; a terminal with Ctrl-C.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    server::serve(Intake::new(db, store, limits), notifications, listener, async move {
+    let guard = server::Guard { auth, tls };
+    server::serve(Intake::new(db, store, limits), notifications, listener, guard, async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = sigterm.recv() => {}

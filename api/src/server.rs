@@ -6,7 +6,21 @@ use proofjobs_pipeline::state::Notifications;
 use sp1_prover_types::cluster::cluster_service_server::ClusterServiceServer;
 use tokio::net::TcpListener;
 
-use crate::{cluster::ClusterApi, health, proto::prover_service_server::ProverServiceServer, service::ProverApi, Intake};
+use crate::{
+    auth::{Auth, AuthLayer},
+    cluster::ClusterApi,
+    health,
+    proto::prover_service_server::ProverServiceServer,
+    service::ProverApi,
+    Intake,
+};
+
+/// How the listener is guarded: who may call, and TLS when a certificate is given.
+pub struct Guard {
+    pub auth: Auth,
+    /// PEM certificate chain and private key; None serves plaintext gRPC.
+    pub tls: Option<tonic::transport::Identity>,
+}
 
 /// Serve on `listener` until `shutdown` resolves. On shutdown the health service reports
 /// NOT_SERVING first, then in-flight calls finish.
@@ -14,10 +28,11 @@ pub async fn serve(
     intake: Intake,
     notifications: Notifications,
     listener: TcpListener,
+    guard: Guard,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, "api listening");
+    tracing::info!(%addr, tls = guard.tls.is_some(), "api listening");
     let prover = ProverServiceServer::new(ProverApi::new(intake.clone(), notifications)).max_decoding_message_size(64 << 20);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let tracker = tokio::spawn(health::track(reporter.clone(), intake.db.clone(), intake.store.clone()));
@@ -27,7 +42,12 @@ pub async fn serve(
         tracker.abort();
         health::set_all(&reporter, tonic_health::ServingStatus::NotServing).await;
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = guard.tls {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    builder
+        .layer(AuthLayer::new(guard.auth))
         .add_service(health_service)
         .add_service(prover)
         .add_service(cluster)

@@ -13,6 +13,7 @@ use sp1_sdk::SP1ProofWithPublicValues;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    auth::Caller,
     intake::{self, internal, store_error, Intake},
     proto::{self, prover_service_server::ProverService, submit_request::Part},
 };
@@ -30,8 +31,13 @@ impl ProverApi {
         ProverApi { intake, notifications }
     }
 
-    async fn load(&self, id: &str) -> Result<ProofRow, Status> {
-        self.intake.db.get_proof(id).await.map_err(internal)?.ok_or_else(|| Status::not_found(format!("no proof with id {id:?}")))
+    /// The proof, if `caller` may see it; another requester's proof is "not found", exactly like
+    /// one that does not exist.
+    async fn load(&self, id: &str, caller: &Caller) -> Result<ProofRow, Status> {
+        match self.intake.db.get_proof(id).await.map_err(internal)? {
+            Some(row) if caller.may_see(&row) => Ok(row),
+            _ => Err(Status::not_found(format!("no proof with id {id:?}"))),
+        }
     }
 
     async fn describe(&self, row: &ProofRow) -> Result<proto::Proof, Status> {
@@ -72,6 +78,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl ProverService for ProverApi {
     async fn submit(&self, request: Request<Streaming<proto::SubmitRequest>>) -> Result<Response<proto::SubmitResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.next().await {
             Some(Ok(proto::SubmitRequest { part: Some(Part::Header(h)) })) => h,
@@ -104,6 +111,7 @@ impl ProverService for ProverApi {
             cycle_limit: Some(header.cycle_limit).filter(|c| *c > 0),
             idempotency_key: Some(header.idempotency_key).filter(|k| !k.is_empty()),
             requester: Vec::new(),
+            owner: caller.requester,
             gas_limit: None,
             scheduled_by: None,
             stdin_private: false,
@@ -113,21 +121,23 @@ impl ProverService for ProverApi {
     }
 
     async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<proto::Proof>, Status> {
-        let row = self.load(&request.into_inner().proof_id).await?;
+        let caller = Caller::of(&request)?;
+        let row = self.load(&request.into_inner().proof_id, &caller).await?;
         Ok(Response::new(self.describe(&row).await?))
     }
 
     type WatchStream = BoxStream<proto::Proof>;
 
     async fn watch(&self, request: Request<proto::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().proof_id;
-        self.load(&id).await?;
+        self.load(&id, &caller).await?;
         let api = self.clone();
         let mut wake = self.notifications.subscribe();
         let stream = async_stream(move |tx| async move {
             let mut last: Option<proto::Proof> = None;
             loop {
-                let row = match api.load(&id).await {
+                let row = match api.load(&id, &caller).await {
                     Ok(row) => row,
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -157,7 +167,9 @@ impl ProverService for ProverApi {
     }
 
     async fn cancel(&self, request: Request<proto::CancelRequest>) -> Result<Response<proto::CancelResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().proof_id;
+        self.load(&id, &caller).await?;
         match self.intake.db.cancel_proof(&id, "cancelled by the client").await.map_err(internal)? {
             CancelOutcome::Cancelled => Ok(Response::new(proto::CancelResponse { status: "cancelled".into() })),
             CancelOutcome::AlreadyFinished(status) => {
@@ -168,6 +180,7 @@ impl ProverService for ProverApi {
     }
 
     async fn list(&self, request: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let statuses = request
             .statuses
@@ -175,7 +188,8 @@ impl ProverService for ProverApi {
             .map(|s| s.parse::<ProofStatus>().map_err(|e| Status::invalid_argument(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let limit = if request.limit == 0 { 100 } else { request.limit.min(1000) };
-        let rows = self.intake.db.list_proofs(&statuses, limit as i64, request.offset as i64).await.map_err(internal)?;
+        let rows =
+            self.intake.db.list_proofs(&statuses, caller.owner_filter(), limit as i64, request.offset as i64).await.map_err(internal)?;
         let mut proofs = Vec::with_capacity(rows.len());
         for row in &rows {
             proofs.push(self.describe(row).await?);
@@ -186,8 +200,9 @@ impl ProverService for ProverApi {
     type GetProofStream = BoxStream<proto::ProofChunk>;
 
     async fn get_proof(&self, request: Request<proto::GetProofRequest>) -> Result<Response<Self::GetProofStream>, Status> {
+        let caller = Caller::of(&request)?;
         let id = request.into_inner().proof_id;
-        let row = self.load(&id).await?;
+        let row = self.load(&id, &caller).await?;
         if row.mode == Mode::Execute {
             return Err(Status::failed_precondition(format!(
                 "proof {id} was an execute-only request: it has cycles and public values (see Get) but no proof"

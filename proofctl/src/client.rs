@@ -1,24 +1,52 @@
 //! The gRPC client side of proofctl: submit with a streamed upload, watch with a progress bar per
 //! stage, download the proof. Embedded mode talks to its in-process api through the same calls.
+//! How to reach a cluster (API key, CA for https) is set once per process by [`configure`].
 
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use proofjobs_api::auth::{Bearer, ProverClient as ApiClient};
 use proofjobs_api::proto::{
     prover_service_client::ProverServiceClient, submit_request::Part, GetProofRequest, Proof, SubmitHeader, SubmitRequest, WatchRequest,
 };
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+/// The caller's credentials for a cluster's api.
+#[derive(Default)]
+pub struct Access {
+    pub api_key: Option<String>,
+    /// PEM CA certificate that signed the api's TLS certificate (for https:// endpoints).
+    pub ca_file: Option<PathBuf>,
+}
+
+static ACCESS: OnceLock<Access> = OnceLock::new();
+
+pub fn configure(access: Access) {
+    let _ = ACCESS.set(access);
+}
 
 const CHUNK: usize = 1 << 20;
 
-pub async fn connect(endpoint: &str) -> Result<ProverServiceClient<Channel>> {
-    let channel = Channel::from_shared(endpoint.to_string())?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the proofjobs api at {endpoint}"))?;
-    Ok(ProverServiceClient::new(channel).max_decoding_message_size(64 << 20))
+pub async fn connect(endpoint: &str) -> Result<ApiClient> {
+    let access = ACCESS.get_or_init(Access::default);
+    let mut channel = Channel::from_shared(endpoint.to_string())?.connect_timeout(Duration::from_secs(10));
+    if endpoint.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &access.ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        channel = channel.tls_config(tls)?;
+    }
+    let channel = channel.connect().await.with_context(|| format!("connecting to the proofjobs api at {endpoint}"))?;
+    let bearer = Bearer::new(access.api_key.as_deref())?;
+    Ok(ProverServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20))
 }
 
 pub struct Submission {
@@ -28,7 +56,7 @@ pub struct Submission {
     pub idempotency_key: String,
 }
 
-pub async fn submit(client: &mut ProverServiceClient<Channel>, s: Submission, program: Vec<u8>, stdin: Vec<u8>) -> Result<String> {
+pub async fn submit(client: &mut ApiClient, s: Submission, program: Vec<u8>, stdin: Vec<u8>) -> Result<String> {
     let mut messages = vec![SubmitRequest {
         part: Some(Part::Header(SubmitHeader {
             mode: s.mode,
@@ -46,7 +74,7 @@ pub async fn submit(client: &mut ProverServiceClient<Channel>, s: Submission, pr
 }
 
 /// Follow a proof until it finishes, drawing a bar per stage (or log lines when `quiet`).
-pub async fn watch(client: &mut ProverServiceClient<Channel>, proof_id: &str, quiet: bool) -> Result<Proof> {
+pub async fn watch(client: &mut ApiClient, proof_id: &str, quiet: bool) -> Result<Proof> {
     let mut stream = client.watch(WatchRequest { proof_id: proof_id.to_string() }).await.map_err(status_error)?.into_inner();
     let bars = MultiProgress::new();
     if quiet {
@@ -79,7 +107,7 @@ pub async fn watch(client: &mut ProverServiceClient<Channel>, proof_id: &str, qu
     last.context("the api closed the watch stream without an update")
 }
 
-pub async fn download_proof(client: &mut ProverServiceClient<Channel>, proof_id: &str, out: &Path) -> Result<u64> {
+pub async fn download_proof(client: &mut ApiClient, proof_id: &str, out: &Path) -> Result<u64> {
     let mut stream = client.get_proof(GetProofRequest { proof_id: proof_id.to_string() }).await.map_err(status_error)?.into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await.map_err(status_error)? {

@@ -1,6 +1,7 @@
 //! proofctl: the command line for proofjobs. `prove` runs a whole proof on this machine (embedded
 //! mode) unless `--api` points at a cluster; the other commands talk to an api.
 
+mod admin;
 mod bench;
 mod checks;
 mod client;
@@ -18,6 +19,12 @@ use proofjobs_api::proto::{CancelRequest, GetRequest, ListRequest, Proof};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The API key for a cluster's api (created with `proofctl admin keys create`).
+    #[arg(long, global = true, env = "PROOFJOBS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// PEM CA certificate for an api served over TLS (https://...), when a private CA signed it.
+    #[arg(long, global = true, env = "PROOFJOBS_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -110,6 +117,9 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Operator commands (API keys), run against the cluster's database.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Write an in-repo example program and its input to files.
     #[command(subcommand)]
     Example(ExampleCommand),
@@ -132,6 +142,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    client::configure(client::Access { api_key: cli.api_key, ca_file: cli.ca_file });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(run(cli.command));
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -187,6 +198,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Verify { elf, proof } => verify(&elf, &proof).await,
         Command::Bench(command) => bench::run(command).await,
+        Command::Admin(command) => admin::run(command).await,
         Command::Example(ExampleCommand::Fibonacci { mcycles, out_dir }) => {
             let n = proofjobs_guests::fibonacci_n_for_cycles((mcycles * 1e6) as u64);
             std::fs::create_dir_all(&out_dir)?;

@@ -10,8 +10,15 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use proofjobs_api::proto::{prover_service_client::ProverServiceClient, GetRequest, Proof};
-use tonic::transport::Channel;
+use proofjobs_api::{
+    auth::{Bearer, ProverClient},
+    proto::{prover_service_client::ProverServiceClient, GetRequest, Proof},
+};
+use sp1_prover_types::cluster::cluster_service_client::ClusterServiceClient;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+/// An sp1-cluster `ClusterService` client that sends its key with every call.
+pub type ClusterClient = ClusterServiceClient<InterceptedService<Channel, Bearer>>;
 
 pub mod kube_env;
 
@@ -159,6 +166,8 @@ pub struct Cluster {
     /// Extra dispatcher environment (the Kubernetes backend's settings), kept for restarts.
     pub dispatcher_env: Vec<(&'static str, String)>,
     pub dir: tempfile::TempDir,
+    /// An admin API key (requester `test-admin`) that [`Cluster::client`] sends.
+    pub admin_key: String,
 }
 
 impl Cluster {
@@ -194,9 +203,11 @@ impl Cluster {
         env.extend(extra_api_env.iter().cloned());
         let api = Proc::spawn(&bin("proofjobs-api"), &[], &env, dir.path().join("api.log"));
         let endpoint = format!("http://127.0.0.1:{port}");
-        let mut cluster = Cluster { db, endpoint, store_url, api, dispatcher: None, dispatcher_env, dir };
+        let mut cluster = Cluster { db, endpoint, store_url, api, dispatcher: None, dispatcher_env, dir, admin_key: String::new() };
         cluster.start_dispatcher();
         cluster.wait_ready().await?;
+        // The api has migrated the database by the time it listens.
+        cluster.admin_key = cluster.create_key("test-admin", true).await;
         Ok(cluster)
     }
 
@@ -221,8 +232,8 @@ impl Cluster {
     async fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(channel) = Channel::from_shared(self.endpoint.clone())?.connect().await {
-                drop(channel);
+            // A TCP connection, so the same wait serves a plaintext and a TLS api.
+            if tokio::net::TcpStream::connect(self.endpoint.trim_start_matches("http://")).await.is_ok() {
                 return Ok(());
             }
             anyhow::ensure!(Instant::now() < deadline, "api did not come up: {}", self.api.log_text());
@@ -230,8 +241,30 @@ impl Cluster {
         }
     }
 
-    pub async fn client(&self) -> ProverServiceClient<Channel> {
-        ProverServiceClient::connect(self.endpoint.clone()).await.unwrap().max_decoding_message_size(64 << 20)
+    /// A ProverService client with the admin key.
+    pub async fn client(&self) -> ProverClient {
+        self.client_with_key(Some(&self.admin_key)).await
+    }
+
+    /// A ProverService client that sends `key` (or no key at all).
+    pub async fn client_with_key(&self, key: Option<&str>) -> ProverClient {
+        let channel = Channel::from_shared(self.endpoint.clone()).unwrap().connect().await.unwrap();
+        ProverServiceClient::with_interceptor(channel, Bearer::new(key).unwrap()).max_decoding_message_size(64 << 20)
+    }
+
+    /// A ClusterService client that sends `key` (None: the admin key).
+    pub async fn cluster_client(&self, key: Option<&str>) -> ClusterClient {
+        let channel = Channel::from_shared(self.endpoint.clone()).unwrap().connect().await.unwrap();
+        ClusterServiceClient::with_interceptor(channel, Bearer::new(Some(key.unwrap_or(&self.admin_key))).unwrap())
+            .max_decoding_message_size(64 << 20)
+    }
+
+    /// A new API key for `requester` in this cluster's database.
+    pub async fn create_key(&self, requester: &str, admin: bool) -> String {
+        let db = self.db.db().await;
+        let (_, key) = db.create_key(requester, admin, None, "test").await.unwrap();
+        db.close().await;
+        key
     }
 
     pub fn runner_logs(&self) -> String {
@@ -287,7 +320,7 @@ pub fn fibonacci_stdin(n: u64) -> Vec<u8> {
 }
 
 /// Poll Get until the proof is terminal.
-pub async fn wait_finished(client: &mut ProverServiceClient<Channel>, id: &str, timeout: Duration) -> Result<Proof> {
+pub async fn wait_finished(client: &mut ProverClient, id: &str, timeout: Duration) -> Result<Proof> {
     let deadline = Instant::now() + timeout;
     loop {
         let proof = client.get(GetRequest { proof_id: id.to_string() }).await?.into_inner();
@@ -369,6 +402,7 @@ pub async fn insert_stage_ready_proof(
         deadline: chrono::Utc::now() + chrono::TimeDelta::hours(10),
         idempotency_key: None,
         requester: Vec::new(),
+        owner: String::new(),
         gas_limit: None,
         scheduled_by: None,
         stdin_private: false,
@@ -420,15 +454,15 @@ pub async fn submit_limited(
 /// As an sp1-cluster client would: upload a good program and a stdin that is not an SP1Stdin to
 /// Redis, then ProofRequestCreate `proof_id`. The api cannot see the stdin is bad; the runner can.
 pub async fn create_proof_with_undecodable_stdin(cluster: &Cluster, proof_id: &str) {
-    use sp1_prover_types::cluster::{cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest};
+    use sp1_prover_types::cluster::ProofRequestCreateRequest;
     let mut conn = redis_connection().await;
     let suffix = uuid::Uuid::now_v7().simple().to_string();
     let (program_id, stdin_id) = (format!("artifact_prog_{suffix}"), format!("artifact_stdin_{suffix}"));
     put_like_sp1_cluster(&mut conn, &program_id, &bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap()).await;
     put_like_sp1_cluster(&mut conn, &stdin_id, b"\xff\xff\xff\xff\xff\xff\xff\xffnot an SP1Stdin").await;
-    ClusterServiceClient::connect(cluster.endpoint.clone())
+    cluster
+        .cluster_client(None)
         .await
-        .unwrap()
         .proof_request_create(ProofRequestCreateRequest {
             proof_id: proof_id.to_string(),
             program_artifact_id: program_id,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use proofjobs_api::proto::{submit_request::Part, CancelRequest, GetProofRequest, GetRequest, ListRequest};
 use proofjobs_tests::*;
-use sp1_prover_types::cluster::{cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest};
+use sp1_prover_types::cluster::ProofRequestCreateRequest;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,7 +84,7 @@ async fn bad_input_gets_a_precise_status_and_harms_nothing() {
     assert_eq!(err.code(), Code::NotFound);
 
     // sp1-cluster's API: artifacts that are not in the store, and an unknown mode.
-    let mut cluster_client = ClusterServiceClient::connect(cluster.endpoint.clone()).await.unwrap();
+    let mut cluster_client = cluster.cluster_client(None).await;
     let missing = ProofRequestCreateRequest {
         proof_id: format!("cli_missing_{}", now()),
         program_artifact_id: "artifact_does_not_exist".into(),

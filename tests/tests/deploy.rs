@@ -152,6 +152,12 @@ async fn every_overlay_keeps_the_invariants_and_the_apiserver_accepts_it() {
         let out = kubectl(&["apply", "--dry-run=server", "-k", &dir.display().to_string()]);
         assert!(out.contains("deployment.apps/proofjobs-dispatcher created (server dry run)"), "{overlay}:\n{out}");
     }
+    // The operator pod for API keys (manifests/admin) is admitted under Pod Security `restricted`,
+    // which the namespace enforces.
+    kubectl(&["label", "namespace", "proofjobs", "pod-security.kubernetes.io/enforce=restricted", "--overwrite"]);
+    let admin_pod = manifests().join("admin").join("proofctl-pod.yaml");
+    let out = kubectl(&["apply", "--dry-run=server", "-f", &admin_pod.display().to_string()]);
+    assert!(out.contains("pod/proofjobs-admin created (server dry run)"), "{out}");
     kubectl(&["delete", "namespace", "proofjobs", "--wait=false"]);
 }
 
@@ -259,7 +265,16 @@ async fn the_test_overlay_runs_a_proof_and_survives_losing_its_leader() {
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status;
     assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "api {api_pods:?} not serving");
-    let mut client = ProverServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    // The api runs as the manifests say: API keys required. A keyless call is refused; a key made
+    // the way the operator guide says (against the database) is accepted.
+    let mut keyless = ProverServiceClient::new(channel.clone());
+    let refused = keyless.list(proofjobs_api::proto::ListRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    let keys = db.db().await;
+    let (_, key) = keys.create_key("deploy-test", false, None, "deploy test").await.unwrap();
+    keys.close().await;
+    let mut client = ProverServiceClient::with_interceptor(channel, proofjobs_api::auth::Bearer::new(Some(&key)).unwrap())
+        .max_decoding_message_size(64 << 20);
     let n = fibonacci_n_for_cycles(100_000);
     let submitted = client.submit(futures::stream::iter(submit_messages("core", FIBONACCI_ELF, &fibonacci_stdin(n), 0, 0))).await.unwrap();
     let id = submitted.into_inner().proof_id;

@@ -8,9 +8,7 @@ use std::{
 
 use proofjobs_api::proto::{submit_request::Part, GetProofRequest, GetRequest, SubmitHeader, SubmitRequest, WatchRequest};
 use proofjobs_tests::*;
-use sp1_prover_types::cluster::{
-    cluster_service_client::ClusterServiceClient, ProofRequestCreateRequest, ProofRequestGetRequest, ProofRequestStatus,
-};
+use sp1_prover_types::cluster::{ProofRequestCreateRequest, ProofRequestGetRequest, ProofRequestStatus};
 
 const PROOF_TIMEOUT: Duration = Duration::from_secs(1200);
 
@@ -229,7 +227,7 @@ async fn sp1_cluster_client_gets_a_verifying_proof() {
     put_like_sp1_cluster(&mut conn, &program_id, &bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap()).await;
     put_like_sp1_cluster(&mut conn, &stdin_id, &fibonacci_stdin(n)).await;
 
-    let mut client = ClusterServiceClient::connect(cluster.endpoint.clone()).await.unwrap();
+    let mut client = cluster.cluster_client(None).await;
     let proof_id = format!("cli_{suffix}");
     let deadline = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
     client

@@ -1,11 +1,12 @@
 //! Durable state in PostgreSQL, one file per table: proofs, tasks, runners (with their groups'
-//! retry state), task messages, and the notifications every write fires. This module is the only
+//! retry state), task messages, API keys, and the notifications every write fires. This module is the only
 //! place that writes SQL, so the invariants live here: a terminal proof never changes again, a
 //! succeeded task stays succeeded, a task is claimed by exactly one runner (`FOR UPDATE SKIP
 //! LOCKED`) and only that claim may finish it, and a lost runner's tasks go back to the queue.
 //! Rows map to structs with `sqlx::FromRow`; status columns are TEXT that decode into enums, and a
 //! string no enum knows is an error, never a default.
 
+mod keys;
 mod messages;
 mod notifications;
 mod proofs;
@@ -18,6 +19,7 @@ use anyhow::{Context, Result};
 use sqlx::{postgres::PgPoolOptions, PgPool};
 
 pub use self::{
+    keys::{KeyHolder, KeyRefusal, KeyRow},
     notifications::{wait_for, Notifications},
     proofs::{CancelOutcome, InsertOutcome, NewProof, ProofRow, ProofStatus, StageProgress},
     runners::{GroupState, RunnerRow},

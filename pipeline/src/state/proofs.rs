@@ -54,6 +54,8 @@ pub struct ProofRow {
     pub cycle_limit: Option<i64>,
     pub deadline: DateTime<Utc>,
     pub requester: Vec<u8>,
+    /// The authenticated requester the proof belongs to ("" when the api runs without keys).
+    pub owner: String,
     pub failure_cause: Option<String>,
     pub cycles: Option<i64>,
     pub public_values: Option<Vec<u8>>,
@@ -80,6 +82,8 @@ pub struct NewProof {
     pub deadline: DateTime<Utc>,
     pub idempotency_key: Option<String>,
     pub requester: Vec<u8>,
+    /// The authenticated requester (see [`ProofRow::owner`]).
+    pub owner: String,
     pub gas_limit: Option<i64>,
     pub scheduled_by: Option<String>,
     pub stdin_private: bool,
@@ -138,15 +142,15 @@ impl Db {
     /// returns the proof that already holds it instead of creating a twin.
     pub async fn insert_proof(&self, proof: &NewProof, first_task: &NewTask) -> Result<InsertOutcome> {
         if let Some(key) = &proof.idempotency_key {
-            if let Some(id) = self.proof_for_idempotency_key(key).await? {
+            if let Some(id) = self.proof_for_idempotency_key(&proof.owner, key).await? {
                 return Ok(InsertOutcome::Existing(id));
             }
         }
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO proofs (id, mode, program_artifact, stdin_artifact, proof_artifact, cycle_limit, deadline,
-                                 idempotency_key, requester, gas_limit, scheduled_by, stdin_private)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT DO NOTHING",
+                                 idempotency_key, requester, gas_limit, scheduled_by, stdin_private, owner)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING",
         )
         .bind(&proof.id)
         .bind(proof.mode)
@@ -160,17 +164,20 @@ impl Db {
         .bind(proof.gas_limit)
         .bind(&proof.scheduled_by)
         .bind(proof.stdin_private)
+        .bind(&proof.owner)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if inserted == 0 {
             tx.rollback().await?;
             // Either the id or the idempotency key raced with another insert.
-            let existing = sqlx::query_scalar::<_, String>("SELECT id FROM proofs WHERE id = $1 OR idempotency_key = $2 LIMIT 1")
-                .bind(&proof.id)
-                .bind(&proof.idempotency_key)
-                .fetch_one(&self.pool)
-                .await?;
+            let existing =
+                sqlx::query_scalar::<_, String>("SELECT id FROM proofs WHERE id = $1 OR (owner = $3 AND idempotency_key = $2) LIMIT 1")
+                    .bind(&proof.id)
+                    .bind(&proof.idempotency_key)
+                    .bind(&proof.owner)
+                    .fetch_one(&self.pool)
+                    .await?;
             return Ok(InsertOutcome::Existing(existing));
         }
         insert_task(&mut *tx, &proof.id, first_task).await?;
@@ -178,24 +185,30 @@ impl Db {
         Ok(InsertOutcome::Created)
     }
 
-    /// The proof an idempotency key was first used for.
-    pub async fn proof_for_idempotency_key(&self, key: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT id FROM proofs WHERE idempotency_key = $1").bind(key).fetch_optional(&self.pool).await?)
+    /// The proof `owner` first used an idempotency key for (keys are per requester).
+    pub async fn proof_for_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM proofs WHERE owner = $1 AND idempotency_key = $2")
+            .bind(owner)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn get_proof(&self, id: &str) -> Result<Option<ProofRow>> {
         Ok(sqlx::query_as("SELECT * FROM proofs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?)
     }
 
-    /// Proofs in creation order, newest last; `statuses` empty means all.
-    pub async fn list_proofs(&self, statuses: &[ProofStatus], limit: i64, offset: i64) -> Result<Vec<ProofRow>> {
+    /// Proofs in creation order, newest last; `statuses` empty means all, `owner` None means
+    /// every requester's.
+    pub async fn list_proofs(&self, statuses: &[ProofStatus], owner: Option<&str>, limit: i64, offset: i64) -> Result<Vec<ProofRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM proofs WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
+            "SELECT * FROM proofs WHERE (cardinality($1::text[]) = 0 OR status = ANY($1)) AND ($4::text IS NULL OR owner = $4)
              ORDER BY created_at, id LIMIT $2 OFFSET $3",
         )
         .bind(statuses)
         .bind(limit)
         .bind(offset)
+        .bind(owner)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -7,7 +7,7 @@ mod postgres;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Result;
-use proofjobs_api::{server, Intake, Limits};
+use proofjobs_api::{auth::Auth, server, Intake, Limits};
 use proofjobs_dispatcher::{
     local::{default_runner_bin, LocalBackend},
     Dispatcher, Placement, Policy,
@@ -61,7 +61,9 @@ impl Embedded {
             let shutdown = async move {
                 let _ = api_stop.changed().await;
             };
-            if let Err(e) = server::serve(intake, n, listener, shutdown).await {
+            // A loopback port that lives as long as this command: no keys, no TLS.
+            let guard = server::Guard { auth: Auth::Disabled, tls: None };
+            if let Err(e) = server::serve(intake, n, listener, guard, shutdown).await {
                 tracing::error!("api: {e:#}");
             }
         }));
