@@ -45,12 +45,7 @@ pub fn key_cache_root(setting: Option<&str>) -> Option<PathBuf> {
     match setting {
         Some("off") => None,
         Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
-        _ => {
-            let base = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
-            Some(base.join("proofjobs").join("sp1-keys"))
-        }
+        _ => Some(proofjobs_pipeline::cache::cache_dir()?.join("sp1-keys")),
     }
 }
 

@@ -248,15 +248,17 @@ impl Cluster {
 
     /// A ProverService client that sends `key` (or no key at all).
     pub async fn client_with_key(&self, key: Option<&str>) -> ProverClient {
-        let channel = Channel::from_shared(self.endpoint.clone()).unwrap().connect().await.unwrap();
-        ProverServiceClient::with_interceptor(channel, Bearer::new(key).unwrap()).max_decoding_message_size(64 << 20)
+        ProverServiceClient::with_interceptor(self.channel().await, Bearer::new(key).unwrap()).max_decoding_message_size(64 << 20)
     }
 
     /// A ClusterService client that sends `key` (None: the admin key).
     pub async fn cluster_client(&self, key: Option<&str>) -> ClusterClient {
-        let channel = Channel::from_shared(self.endpoint.clone()).unwrap().connect().await.unwrap();
-        ClusterServiceClient::with_interceptor(channel, Bearer::new(Some(key.unwrap_or(&self.admin_key))).unwrap())
-            .max_decoding_message_size(64 << 20)
+        let bearer = Bearer::new(Some(key.unwrap_or(&self.admin_key))).unwrap();
+        ClusterServiceClient::with_interceptor(self.channel().await, bearer).max_decoding_message_size(64 << 20)
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint.clone()).unwrap().connect().await.unwrap()
     }
 
     /// A new API key for `requester` in this cluster's database.

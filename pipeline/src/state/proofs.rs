@@ -54,7 +54,8 @@ pub struct ProofRow {
     pub cycle_limit: Option<i64>,
     pub deadline: DateTime<Utc>,
     pub requester: Vec<u8>,
-    /// The authenticated requester the proof belongs to ("" when the api runs without keys).
+    /// The authenticated requester the proof belongs to (`anonymous` when the api runs without
+    /// keys; "" for proofs made before keys existed).
     pub owner: String,
     pub failure_cause: Option<String>,
     pub cycles: Option<i64>,

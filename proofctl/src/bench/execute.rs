@@ -103,8 +103,7 @@ pub fn run(bench: ExecuteBench) -> Result<()> {
         }
     }
     // Every run must have executed the same program to the same end.
-    let baseline_cycles: Option<u64> =
-        serde_json::from_str::<serde_json::Value>(columns[0].1[0].stdout.lines().last().unwrap_or("{}"))?["cycles"].as_u64();
+    let baseline_cycles: Option<u64> = super::last_json_line(&columns[0].1[0].stdout)?["cycles"].as_u64();
     for (name, runs) in &columns[1..] {
         for run in runs {
             anyhow::ensure!(

@@ -279,8 +279,13 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: Baseline, key_cache: &st
 fn run_baseline(command: &mut std::process::Command) -> Result<serde_json::Value> {
     let out = command.output().context("running the baseline")?;
     anyhow::ensure!(out.status.success(), "baseline failed: {}", String::from_utf8_lossy(&out.stderr));
-    let line = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("{}").to_string();
-    Ok(serde_json::from_str::<serde_json::Value>(&line)?)
+    last_json_line(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The result a baseline process prints as its last stdout line (the `--baseline-bin` contract,
+/// and `bench sdk` / `bench light`).
+fn last_json_line(stdout: &str) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(stdout.lines().last().unwrap_or("{}"))?)
 }
 
 /// The baseline: what a user of sp1-sdk does in one process, timed from process start.

@@ -1,5 +1,5 @@
-//! Embedded mode: the whole pipeline on this machine for one command — a PostgreSQL in a
-//! temporary directory, a filesystem artifact store, the dispatcher with its local backend, and
+//! Embedded mode: the whole pipeline on this machine for one command — a throwaway PostgreSQL
+//! (postgres.rs), a filesystem artifact store, the dispatcher with its local backend, and
 //! the api on a loopback port. The same code as a cluster, minus the cluster.
 
 mod postgres;

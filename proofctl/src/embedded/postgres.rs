@@ -80,7 +80,7 @@ fn bin_dir() -> Result<PathBuf> {
 /// Where a server's directory goes: tmpfs when it has room, else the run's state directory.
 fn data_parent(state_dir: &Path) -> PathBuf {
     let shm = Path::new("/dev/shm");
-    let roomy = nix_free_bytes(shm).is_some_and(|free| free >= TMPFS_MIN_FREE);
+    let roomy = writable_free_bytes(shm).is_some_and(|free| free >= TMPFS_MIN_FREE);
     if roomy {
         shm.to_path_buf()
     } else {
@@ -88,7 +88,8 @@ fn data_parent(state_dir: &Path) -> PathBuf {
     }
 }
 
-fn nix_free_bytes(path: &Path) -> Option<u64> {
+/// Bytes free to unprivileged users at `path`; None when it is missing or not writable by us.
+fn writable_free_bytes(path: &Path) -> Option<u64> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statvfs fills the struct we own from a NUL-terminated path.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -109,13 +110,6 @@ fn template_key(bin: &Path) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-fn template_root() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")))?;
-    Some(base.join("proofjobs").join("embedded-pg"))
-}
-
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     // `cp -a` keeps owners and modes (PostgreSQL insists on a 0700 data directory it owns).
     let out = Command::new("cp").arg("-a").arg(from).arg(to).output().context("running cp")?;
@@ -134,7 +128,7 @@ impl Postgres {
         chown(&dir, user)?;
         let data = dir.join("data");
         let log = state_dir.join("postgres.log");
-        let template = template_root().map(|root| root.join(template_key(&bin)));
+        let template = proofjobs_pipeline::cache::cache_dir().map(|root| root.join("embedded-pg").join(template_key(&bin)));
         match &template {
             Some(template) if template.is_dir() => copy_tree(template, &data)?,
             _ => {
@@ -148,12 +142,10 @@ impl Postgres {
                 }
             }
         }
-        let mut postgres = Self::spawn(&bin, dir, &log, user).await?;
-        postgres.keep = keep;
-        Ok(postgres)
+        Self::spawn(&bin, dir, &log, user, keep).await
     }
 
-    async fn spawn(bin: &Path, dir: PathBuf, log: &Path, user: Option<RunAs>) -> Result<Postgres> {
+    async fn spawn(bin: &Path, dir: PathBuf, log: &Path, user: Option<RunAs>, keep: bool) -> Result<Postgres> {
         let data = dir.join("data");
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
@@ -172,7 +164,7 @@ impl Postgres {
             // the server after everything that uses it.
             .process_group(0);
         let child = server.spawn().context("starting PostgreSQL")?;
-        let mut postgres = Postgres { child, dir, port, keep: false };
+        let mut postgres = Postgres { child, dir, port, keep };
         postgres.wait_ready(log).await?;
         Ok(postgres)
     }
@@ -231,7 +223,7 @@ fn initdb(bin: &Path, data: &Path, user: Option<RunAs>) -> Result<()> {
 /// Starts the fresh cluster in `dir`, migrates it, stops it cleanly (SIGINT: a checkpoint, so
 /// the copy starts without recovery) and copies it into place atomically.
 async fn save_template(bin: &Path, dir: &Path, data: &Path, log: &Path, user: Option<RunAs>, template: &Path) -> Result<()> {
-    let mut server = Postgres::spawn(bin, dir.to_path_buf(), log, user).await?;
+    let mut server = Postgres::spawn(bin, dir.to_path_buf(), log, user, false).await?;
     let migrated = async {
         let db = Db::connect(&server.url(), 2).await?;
         let result = db.migrate().await;
