@@ -7,7 +7,7 @@ use proofjobs_pipeline::{
     artifacts::ArtifactStore,
     ids,
     stage::{Mode, Stage},
-    state::{Db, InsertOutcome, NewProof, NewTask},
+    state::{Db, InsertOutcome, NewProof, NewTask, Quota},
 };
 use sp1_prover_types::{Artifact, ArtifactClient, ArtifactType, TaskType};
 use sp1_sdk::SP1Stdin;
@@ -75,10 +75,26 @@ impl Intake {
         Ok(())
     }
 
-    fn deadline(&self, requested: Option<u64>) -> Result<DateTime<Utc>, Status> {
+    /// The requester's quota, read before anything is stored.
+    async fn quota(&self, owner: &str) -> Result<Quota, Status> {
+        self.db.quota_of(owner).await.map_err(internal)
+    }
+
+    /// The proof's deadline: the requested one, or the server's default; within the requester's
+    /// longest allowed deadline either way (a default beyond it is shortened to it).
+    fn deadline(&self, requested: Option<u64>, quota: &Quota, owner: &str) -> Result<DateTime<Utc>, Status> {
         let now = Utc::now();
+        let longest = quota.max_deadline_secs.map(|secs| now + ChronoDuration::seconds(secs.min(i64::MAX as u64 / 1000) as i64));
         match requested {
-            None | Some(0) => Ok(now + ChronoDuration::from_std(self.limits.default_deadline).unwrap()),
+            None | Some(0) => {
+                let default = now + ChronoDuration::from_std(self.limits.default_deadline).unwrap();
+                Ok(longest.map_or(default, |l| default.min(l)))
+            }
+            Some(secs) if longest.is_some_and(|l| secs as i64 > l.timestamp()) => Err(Status::invalid_argument(format!(
+                "deadline {secs} is {} s away, over the longest requester {owner:?} may ask for ({} s; proofctl admin quota)",
+                (secs as i64).saturating_sub(now.timestamp()),
+                quota.max_deadline_secs.unwrap_or_default()
+            ))),
             Some(secs) => {
                 let at = DateTime::<Utc>::from_timestamp(secs as i64, 0)
                     .ok_or_else(|| Status::invalid_argument(format!("deadline {secs} is not a valid unix time")))?;
@@ -101,7 +117,9 @@ impl Intake {
         }
         self.check_program_size(program.len())?;
         self.check_stdin_size(stdin.len())?;
-        let deadline = self.deadline(request.deadline)?;
+        let quota = self.quota(&request.owner).await?;
+        let deadline = self.deadline(request.deadline, &quota, &request.owner)?;
+        let cycle_limit = cycle_limit(request.cycle_limit, &quota, &request.owner)?;
         validate_program(&program)?;
         validate_stdin(&stdin)?;
         if let Some(key) = &request.idempotency_key {
@@ -115,7 +133,13 @@ impl Intake {
         self.store.upload_program(&program_artifact, program).await.map_err(store_error)?;
         self.store.upload_raw(&stdin_artifact, ArtifactType::Stdin, stdin).await.map_err(store_error)?;
         let proof_artifact = self.store.create_artifact().map_err(internal)?;
-        self.create(request, deadline, program_artifact.0, stdin_artifact.0, proof_artifact.0).await
+        // Fresh ids, claimed at once, so that no request of another requester can name them.
+        let ids = [program_artifact.0.clone(), stdin_artifact.0.clone(), proof_artifact.0.clone()];
+        let foreign = self.db.claim_artifacts(&request.owner, &ids).await.map_err(internal)?;
+        if !foreign.is_empty() {
+            return Err(Status::internal(format!("fresh artifact ids {foreign:?} were already claimed")));
+        }
+        self.create(Request { cycle_limit, ..request }, deadline, program_artifact.0, stdin_artifact.0, proof_artifact.0).await
     }
 
     /// sp1-cluster's path: the client uploaded program and stdin to the store itself.
@@ -126,14 +150,31 @@ impl Intake {
         stdin_artifact: String,
         proof_artifact: Option<String>,
     ) -> Result<(String, bool), Status> {
-        let deadline = self.deadline(request.deadline)?;
-        for (what, id, kind) in [("program", &program_artifact, ArtifactType::Program), ("stdin", &stdin_artifact, ArtifactType::Stdin)] {
-            if id.is_empty() {
-                return Err(Status::invalid_argument(format!("{what} artifact id is empty")));
+        let quota = self.quota(&request.owner).await?;
+        let deadline = self.deadline(request.deadline, &quota, &request.owner)?;
+        let cycle_limit = cycle_limit(request.cycle_limit, &quota, &request.owner)?;
+        let request = Request { cycle_limit, ..request };
+        // A retried request (same id) is answered as before, whatever else it names.
+        if let Some(id) = &request.proof_id {
+            if self.db.get_proof(id).await.map_err(internal)?.is_some() {
+                return Ok((id.clone(), false));
             }
+        }
+        let inputs = [("program", &program_artifact, ArtifactType::Program), ("stdin", &stdin_artifact, ArtifactType::Stdin)];
+        if let Some((what, _, _)) = inputs.iter().find(|(_, id, _)| id.is_empty()) {
+            return Err(Status::invalid_argument(format!("{what} artifact id is empty")));
+        }
+        // Another requester's artifact is reported exactly as a missing one.
+        let absent = |what: &str, id: &str| Status::not_found(format!("{what} artifact {id} is not in the artifact store"));
+        let foreign =
+            self.db.claim_artifacts(&request.owner, &[program_artifact.clone(), stdin_artifact.clone()]).await.map_err(internal)?;
+        if let Some((what, id, _)) = inputs.iter().find(|(_, id, _)| foreign.contains(id)) {
+            return Err(absent(what, id));
+        }
+        for (what, id, kind) in inputs {
             let present = self.store.exists(&Artifact(id.clone()), kind).await.map_err(store_error)?;
             if !present {
-                return Err(Status::not_found(format!("{what} artifact {id} is not in the artifact store")));
+                return Err(absent(what, id));
             }
         }
         let program: Vec<u8> =
@@ -142,8 +183,22 @@ impl Intake {
             })?;
         validate_program(&program)?;
         let proof_artifact = match proof_artifact {
-            Some(id) if !id.is_empty() => id,
-            _ => self.store.create_artifact().map_err(internal)?.0,
+            Some(id) if !id.is_empty() => {
+                // Never overwrite data that exists or that another request will write.
+                let in_use = self.store.exists(&Artifact(id.clone()), ArtifactType::Proof).await.map_err(store_error)?
+                    || !self.db.claim_artifacts(&request.owner, std::slice::from_ref(&id)).await.map_err(internal)?.is_empty();
+                if in_use {
+                    return Err(Status::failed_precondition(format!(
+                        "proof artifact id {id} is already in use; name a fresh one, or none to have one made"
+                    )));
+                }
+                id
+            }
+            _ => {
+                let id = self.store.create_artifact().map_err(internal)?.0;
+                self.db.claim_artifacts(&request.owner, std::slice::from_ref(&id)).await.map_err(internal)?;
+                id
+            }
         };
         self.create(request, deadline, program_artifact, stdin_artifact, proof_artifact).await
     }
@@ -191,6 +246,18 @@ impl Intake {
             }
             InsertOutcome::Existing(id) => Ok((id, false)),
         }
+    }
+}
+
+/// The cycle limit a proof runs under: the requested one within the requester's maximum, or
+/// that maximum when the request names none (0 or absent).
+fn cycle_limit(requested: Option<u64>, quota: &Quota, owner: &str) -> Result<Option<u64>, Status> {
+    match (requested.filter(|c| *c > 0), quota.max_cycles) {
+        (Some(asked), Some(max)) if asked > max => Err(Status::invalid_argument(format!(
+            "cycle limit {asked} is over the most requester {owner:?} may ask for ({max}; proofctl admin quota)"
+        ))),
+        (Some(asked), _) => Ok(Some(asked)),
+        (None, max) => Ok(max),
     }
 }
 
@@ -247,5 +314,22 @@ pub fn store_error(e: anyhow::Error) -> Status {
         Status::unavailable(format!("artifact store unavailable: {e:#}"))
     } else {
         internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requesters_cycle_maximum_caps_and_fills_in_the_limit() {
+        let capped = Quota { max_cycles: Some(1_000), ..Default::default() };
+        assert_eq!(cycle_limit(Some(500), &capped, "a").unwrap(), Some(500));
+        assert_eq!(cycle_limit(None, &capped, "a").unwrap(), Some(1_000));
+        assert_eq!(cycle_limit(Some(0), &capped, "a").unwrap(), Some(1_000), "0 means none asked");
+        let refused = cycle_limit(Some(1_001), &capped, "a").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("1000"), "{}", refused.message());
+        assert_eq!(cycle_limit(None, &Quota::default(), "a").unwrap(), None);
     }
 }

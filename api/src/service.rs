@@ -42,6 +42,15 @@ impl ProverApi {
 
     async fn describe(&self, row: &ProofRow) -> Result<proto::Proof, Status> {
         let progress = self.intake.db.stage_progress(&row.id).await.map_err(internal)?;
+        let used = self.intake.db.proof_usage(&row.id).await.map_err(internal)?;
+        let prices = self.intake.db.prices().await.map_err(internal)?;
+        let usage = proto::Usage {
+            cpu_task_secs: used.cpu_task_secs,
+            gpu_task_secs: used.gpu_task_secs,
+            cpu_runner_secs: used.cpu_runner_secs,
+            gpu_runner_secs: used.gpu_runner_secs,
+            estimated_cost_usd: used.estimated_cost_usd(&prices),
+        };
         // Every stage the mode goes through is listed, including those not reached yet.
         let stages = row
             .mode
@@ -69,6 +78,8 @@ impl ProverApi {
             created_at: row.created_at.timestamp() as u64,
             finished_at: row.finished_at.map(|t| t.timestamp() as u64).unwrap_or(0),
             deadline: row.deadline.timestamp() as u64,
+            waiting: row.waiting.clone().unwrap_or_default(),
+            usage: Some(usage),
         })
     }
 }

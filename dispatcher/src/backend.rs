@@ -14,6 +14,17 @@ pub struct RunnerSpec {
     pub stages: Vec<Stage>,
     /// Seconds left before the proof's deadline; a runner never outlives it.
     pub deadline_secs: i64,
+    pub share: Share,
+    /// What gives the runner database rights on its proof (see `Db::issue_runner_token`).
+    pub runner_token: Option<String>,
+}
+
+/// Whose runner it is and what its requester may have of contended GPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub requester: String,
+    pub weight: u32,
+    pub max_gpu_runners: Option<u32>,
 }
 
 /// A runner that ended, with its exit code when the backend saw one.

@@ -119,6 +119,8 @@ impl Backend for LocalBackend {
             prover: None,
             gpu_min_free_gib: None,
             idle_exit_secs: None,
+            runner_token: spec.runner_token.clone(),
+            gpus: None,
         };
         cmd.envs(contract.to_vars())
             .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

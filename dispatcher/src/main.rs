@@ -20,6 +20,11 @@ use proofjobs_pipeline::state::{Db, Notifications};
 struct Args {
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
+    /// Local backend: the PostgreSQL URL runners connect with (default: --database-url). Give a
+    /// role that is a member of `proofjobs_runner` so that each runner reaches only its own
+    /// proof's rows (Kubernetes runners read theirs from the runner Secret).
+    #[arg(long, env = "PROOFJOBS_RUNNER_DATABASE_URL", hide_env_values = true)]
+    runner_database_url: Option<String>,
     /// Local backend: the artifact store runners use (Kubernetes runners read it from the runner Secret).
     #[arg(long, env = "PROOFJOBS_ARTIFACT_STORE", default_value = "")]
     artifact_store: String,
@@ -65,7 +70,8 @@ struct KubeArgs {
     /// ServiceAccount of runner pods.
     #[arg(long, env = "PROOFJOBS_RUNNER_SERVICE_ACCOUNT")]
     runner_service_account: Option<String>,
-    /// Secret with `database-url` and `artifact-store` (the one the api and dispatcher read too).
+    /// Secret with `runner-database-url` and `artifact-store` for runner pods (the api and the
+    /// dispatcher read `database-url` and `artifact-store` from the same one).
     #[arg(long, env = "PROOFJOBS_RUNNER_SECRET", default_value = "proofjobs-stores")]
     runner_secret: String,
     /// Extra non-secret runner environment, `NAME=value` (repeatable; in the environment,
@@ -135,8 +141,8 @@ async fn main() -> anyhow::Result<()> {
             );
             let policy = policy("all")?;
             let runner_bin = args.task_runner.clone().unwrap_or_else(default_runner_bin);
-            let backend =
-                LocalBackend::new(runner_bin, args.log_dir.clone(), args.database_url.clone(), args.artifact_store.clone(), vec![])?;
+            let runner_database_url = args.runner_database_url.clone().unwrap_or_else(|| args.database_url.clone());
+            let backend = LocalBackend::new(runner_bin, args.log_dir.clone(), runner_database_url, args.artifact_store.clone(), vec![])?;
             serve(db, notifications, backend, policy, stop_signal()?).await
         }
         "kubernetes" => {

@@ -12,11 +12,12 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use proofjobs_pipeline::{
     exit::{classify, ExitClass},
+    stage::labels::OVER_QUOTA,
     stage::{stage_list, Stage},
-    state::{GroupState, ProofStatus, RunnerRow},
+    state::{GroupState, ProofStatus, Quotas, RunnerRow},
 };
 
-use crate::backend::{Note, Placement};
+use crate::backend::{Note, Placement, Share};
 
 /// The rules the planner applies; operators set them on the dispatcher's command line.
 #[derive(Debug, Clone)]
@@ -58,6 +59,10 @@ pub struct ActiveProof {
     pub deadline: DateTime<Utc>,
     /// Stages with tasks waiting for a runner.
     pub pending_stages: Vec<Stage>,
+    /// The requester it belongs to.
+    pub owner: String,
+    /// Why it waits to start, as last recorded.
+    pub waiting: Option<String>,
 }
 
 /// A live runner row of this backend, with what the backend sees of it.
@@ -89,6 +94,7 @@ pub struct Snapshot {
     pub groups: Vec<GroupState>,
     /// Whether this backend's runner rows carry heartbeats (Job rows do not; their pods do).
     pub heartbeats: bool,
+    pub quotas: Quotas,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +127,11 @@ pub enum Action {
     MarkRunning {
         proof_id: String,
     },
+    /// Record why a pending proof does not start yet (`None`: it no longer waits).
+    Wait {
+        proof_id: String,
+        reason: Option<String>,
+    },
     /// Tell operators about a runner group (an Event on its Job).
     Tell {
         proof_id: String,
@@ -132,6 +143,7 @@ pub enum Action {
         stages: Vec<Stage>,
         attempt: u32,
         deadline_secs: i64,
+        share: Share,
     },
 }
 
@@ -143,6 +155,7 @@ impl Action {
             | Action::FailProof { proof_id, .. }
             | Action::HoldBack { proof_id, .. }
             | Action::MarkRunning { proof_id }
+            | Action::Wait { proof_id, .. }
             | Action::Tell { proof_id, .. }
             | Action::Launch { proof_id, .. } => proof_id,
         }
@@ -185,6 +198,8 @@ struct Planner<'a> {
     failed: HashSet<String>,
     /// Runner groups that stay live after this pass.
     serving: HashSet<(String, Vec<Stage>)>,
+    /// Started, unfinished proofs per requester, for the in-flight quota.
+    in_flight: HashMap<&'a str, u32>,
     actions: Vec<Action>,
 }
 
@@ -197,7 +212,21 @@ impl<'a> Planner<'a> {
             groups.insert((g.proof_id.clone(), g.stages.clone()), g.clone());
         }
         let active = snapshot.active.iter().map(|p| (p.id.as_str(), p)).collect();
-        Planner { snapshot, policy, groups, failures, active, failed: HashSet::new(), serving: HashSet::new(), actions: Vec::new() }
+        let mut in_flight = HashMap::new();
+        for proof in snapshot.active.iter().filter(|p| p.status == ProofStatus::Running) {
+            *in_flight.entry(proof.owner.as_str()).or_default() += 1;
+        }
+        Planner {
+            snapshot,
+            policy,
+            groups,
+            failures,
+            active,
+            failed: HashSet::new(),
+            serving: HashSet::new(),
+            in_flight,
+            actions: Vec::new(),
+        }
     }
 
     fn active(&self, proof_id: &str) -> Option<&'a ActiveProof> {
@@ -360,21 +389,34 @@ impl<'a> Planner<'a> {
         })
     }
 
-    fn proof(&mut self, proof: &ActiveProof) {
+    fn proof(&mut self, proof: &'a ActiveProof) {
         if self.failed.contains(&proof.id) {
             return;
         }
         let now = self.snapshot.now;
         if proof.deadline <= now {
-            self.fail(&proof.id, format!("deadline exceeded: the proof was due at {}", proof.deadline.to_rfc3339()));
+            let queued = proof.waiting.as_deref().map(|w| format!(" (it was still {w})")).unwrap_or_default();
+            self.fail(&proof.id, format!("deadline exceeded: the proof was due at {}{queued}", proof.deadline.to_rfc3339()));
             return;
         }
         if proof.pending_stages.is_empty() {
             return;
         }
+        let quota = self.snapshot.quotas.of(&proof.owner);
         if proof.status == ProofStatus::Pending {
+            // Oldest first: a requester at its quota starts its next proof when one of its
+            // running proofs ends.
+            let running = self.in_flight.entry(proof.owner.as_str()).or_default();
+            if quota.max_in_flight.is_some_and(|max| *running >= max) {
+                if proof.waiting.as_deref() != Some(OVER_QUOTA) {
+                    self.actions.push(Action::Wait { proof_id: proof.id.clone(), reason: Some(OVER_QUOTA.into()) });
+                }
+                return;
+            }
+            *running += 1;
             self.actions.push(Action::MarkRunning { proof_id: proof.id.clone() });
         }
+        let share = Share { requester: proof.owner.clone(), weight: quota.weight, max_gpu_runners: quota.max_gpu_runners };
         let mut wanted: Vec<Vec<Stage>> = proof.pending_stages.iter().map(|s| self.policy.placement.group_of(*s).to_vec()).collect();
         wanted.sort();
         wanted.dedup();
@@ -388,7 +430,7 @@ impl<'a> Planner<'a> {
             }
             let attempt = state.map(|g| g.launches).unwrap_or(0) as u32;
             let deadline_secs = (proof.deadline - now).num_seconds().max(1);
-            self.actions.push(Action::Launch { proof_id: proof.id.clone(), stages, attempt, deadline_secs });
+            self.actions.push(Action::Launch { proof_id: proof.id.clone(), stages, attempt, deadline_secs, share: share.clone() });
         }
     }
 }

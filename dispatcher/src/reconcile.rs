@@ -162,8 +162,16 @@ impl<B: Backend> Dispatcher<B> {
             .active_proof_heads()
             .await?
             .into_iter()
-            .map(|(id, status, deadline)| ActiveProof { pending_stages: pending.remove(&id).unwrap_or_default(), id, status, deadline })
+            .map(|head| ActiveProof {
+                pending_stages: pending.remove(&head.id).unwrap_or_default(),
+                id: head.id,
+                status: head.status,
+                deadline: head.deadline,
+                owner: head.owner,
+                waiting: head.waiting,
+            })
             .collect();
+        let quotas = self.db.quotas().await?;
         let active_ids: HashSet<&str> = active.iter().map(|p| p.id.as_str()).collect();
         let mut gone: Vec<String> = live.iter().filter(|r| !active_ids.contains(r.proof_id.as_str())).map(|r| r.proof_id.clone()).collect();
         gone.sort();
@@ -182,7 +190,8 @@ impl<B: Backend> Dispatcher<B> {
                 row: row.clone(),
             })
             .collect();
-        Ok((Snapshot { now: Utc::now(), active, runners, finished_at, groups, heartbeats: self.backend.heartbeats() }, live))
+        let heartbeats = self.backend.heartbeats();
+        Ok((Snapshot { now: Utc::now(), active, runners, finished_at, groups, heartbeats, quotas }, live))
     }
 
     /// How long each runner group has waited for capacity, as of now, from the last sweep.
@@ -297,13 +306,19 @@ impl<B: Backend> Dispatcher<B> {
                 );
             }
             Action::MarkRunning { proof_id } => self.db.mark_proof_running(proof_id).await?,
+            Action::Wait { proof_id, reason } => {
+                tracing::info!(proof = %proof_id, reason = reason.as_deref().unwrap_or("-"), "proof waits to start");
+                self.db.set_proof_waiting(proof_id, reason.as_deref()).await?;
+            }
             Action::Tell { runner, note, .. } => self.backend.tell(runner, note).await,
-            Action::Launch { proof_id, stages, attempt, deadline_secs } => {
+            Action::Launch { proof_id, stages, attempt, deadline_secs, share } => {
                 let spec = RunnerSpec {
                     runner_id: self.backend.runner_id(proof_id, stages, *attempt),
                     proof_id: proof_id.clone(),
                     stages: stages.clone(),
                     deadline_secs: *deadline_secs,
+                    share: share.clone(),
+                    runner_token: Some(self.db.issue_runner_token(proof_id).await?),
                 };
                 // The row goes first: a crash between the two leaves a runner row the backend
                 // reports gone on the next pass, never an untracked runner.

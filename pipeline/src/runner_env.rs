@@ -17,7 +17,7 @@ pub const RUNNER_ID: &str = "PROOFJOBS_RUNNER_ID";
 pub const RUNNER_BACKEND: &str = "PROOFJOBS_RUNNER_BACKEND";
 /// What identifies the runner to its backend: the Job name in a pod (default: the pid).
 pub const RUNNER_HANDLE: &str = "PROOFJOBS_RUNNER_HANDLE";
-/// PostgreSQL URL of the state (a Secret's `database-url` in a Job).
+/// PostgreSQL URL of the state (a Secret's `runner-database-url` in a Job).
 pub const DATABASE_URL: &str = "DATABASE_URL";
 /// The artifact store, `redis://…` or `file:///…` (a Secret's `artifact-store` in a Job).
 pub const ARTIFACT_STORE: &str = "PROOFJOBS_ARTIFACT_STORE";
@@ -29,6 +29,11 @@ pub const PROVER: &str = "PROOFJOBS_PROVER";
 pub const GPU_MIN_FREE_GIB: &str = "PROOFJOBS_GPU_MIN_FREE_GIB";
 /// Seconds a runner waits with nothing to do before it exits.
 pub const IDLE_EXIT_SECS: &str = "PROOFJOBS_IDLE_EXIT_SECS";
+/// GPUs the runner's pod asked for (absent: a CPU runner); recorded on its row for usage.
+pub const RUNNER_GPUS: &str = "PROOFJOBS_RUNNER_GPUS";
+/// The token the dispatcher issued for the runner's proof: with a database role that is a member
+/// of `proofjobs_runner`, it is what gives the runner rights on that proof's rows (and no other).
+pub const RUNNER_TOKEN: &str = "PROOFJOBS_RUNNER_TOKEN";
 
 /// The backend name of a runner that is one pod of a stage Job.
 pub const POD_BACKEND: &str = "kubernetes-pod";
@@ -48,6 +53,8 @@ pub struct RunnerEnv {
     pub prover: Option<String>,
     pub gpu_min_free_gib: Option<f64>,
     pub idle_exit_secs: Option<u64>,
+    pub runner_token: Option<String>,
+    pub gpus: Option<u32>,
 }
 
 /// A variable of the contract that is missing or malformed.
@@ -81,6 +88,8 @@ impl RunnerEnv {
             (PROVER, self.prover.clone()),
             (GPU_MIN_FREE_GIB, self.gpu_min_free_gib.map(|g| g.to_string())),
             (IDLE_EXIT_SECS, self.idle_exit_secs.map(|s| s.to_string())),
+            (RUNNER_TOKEN, self.runner_token.clone()),
+            (RUNNER_GPUS, self.gpus.map(|g| g.to_string())),
         ];
         vars.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value.filter(|v| !v.is_empty())?))));
         vars
@@ -109,6 +118,12 @@ impl RunnerEnv {
                     .map_err(|_| EnvError { var: IDLE_EXIT_SECS, problem: format!("{v:?} is not a number of seconds") })?,
             ),
         };
+        let gpus = match optional(RUNNER_GPUS) {
+            None => None,
+            Some(v) => Some(
+                v.trim().parse::<u32>().map_err(|_| EnvError { var: RUNNER_GPUS, problem: format!("{v:?} is not a number of GPUs") })?,
+            ),
+        };
         Ok(RunnerEnv {
             proof_id: required(PROOF_ID)?,
             stages,
@@ -121,6 +136,8 @@ impl RunnerEnv {
             prover: optional(PROVER),
             gpu_min_free_gib,
             idle_exit_secs,
+            runner_token: optional(RUNNER_TOKEN),
+            gpus,
         })
     }
 }
@@ -144,6 +161,8 @@ mod tests {
             prover: Some("cuda".into()),
             gpu_min_free_gib: Some(40.5),
             idle_exit_secs: Some(7),
+            runner_token: Some("t0k3n".into()),
+            gpus: Some(1),
         }
     }
 
@@ -163,6 +182,8 @@ mod tests {
             prover: None,
             gpu_min_free_gib: None,
             idle_exit_secs: None,
+            runner_token: None,
+            gpus: None,
             backend: "local".into(),
             ..full()
         };

@@ -195,11 +195,21 @@ pub mod labels {
     pub const STAGE: &str = "proofjobs.io/stage";
     pub const PROGRESS: &str = "proofjobs.io/progress";
     /// What a stage Job waits for, when it waits: `waiting-for-capacity` (pods unschedulable,
-    /// e.g. the GPU pool scaling from zero) or `queued` (held back by the global GPU cap).
+    /// e.g. the GPU pool scaling from zero), `queued` (held back by the global GPU cap) or
+    /// `queued-over-quota` (its requester is at its GPU runner quota).
     pub const WAITING: &str = "proofjobs.io/waiting";
     /// The GPU model a GPU stage's pods found (e.g. `NVIDIA-H200`); the full description
     /// (capability, memory, utilisation) is the annotation of the same name.
     pub const GPU: &str = "proofjobs.io/gpu";
+    /// Whose proof a stage Job works for: `kubectl get jobs -L proofjobs.io/requester`.
+    pub const REQUESTER: &str = "proofjobs.io/requester";
+    /// Annotations with the requester's share of contended GPUs and its GPU runner quota as they
+    /// were when the Job was created, so the GPU allocation reads every input from the Jobs.
+    pub const WEIGHT: &str = "proofjobs.io/weight";
+    pub const MAX_GPU_RUNNERS: &str = "proofjobs.io/max-gpu-runners";
+    /// Why a proof or a Job waits when its requester is at a quota (proofs in flight, GPU
+    /// runners): shown by the api and as the `proofjobs.io/waiting` label.
+    pub const OVER_QUOTA: &str = "queued-over-quota";
 }
 
 #[cfg(test)]

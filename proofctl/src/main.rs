@@ -117,9 +117,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Operator commands (API keys), run against the cluster's database.
-    #[command(subcommand)]
-    Admin(admin::AdminCommand),
+    /// Operator commands (API keys, quotas), run against the cluster's database.
+    Admin(admin::AdminArgs),
     /// Write an in-repo example program and its input to files.
     #[command(subcommand)]
     Example(ExampleCommand),
@@ -192,7 +191,8 @@ async fn run(command: Command) -> Result<()> {
             let r = client.list(ListRequest { statuses: status, limit, offset: 0 }).await.map_err(client::status_error)?;
             println!("{:<40} {:<11} {:<10} {:>12}  CAUSE", "ID", "MODE", "STATUS", "CYCLES");
             for p in r.into_inner().proofs {
-                println!("{:<40} {:<11} {:<10} {:>12}  {}", p.id, p.mode, p.status, p.cycles, p.failure_cause);
+                let status = if p.waiting.is_empty() { p.status.clone() } else { format!("{} ({})", p.status, p.waiting) };
+                println!("{:<40} {:<11} {:<10} {:>12}  {}", p.id, p.mode, status, p.cycles, p.failure_cause);
             }
             Ok(())
         }
@@ -318,6 +318,9 @@ fn report(proof: &Proof, args: &ProveArgs) -> Result<()> {
 
 fn print_proof(p: &Proof) {
     println!("proof {}  mode {}  status {}", p.id, p.mode, p.status);
+    if !p.waiting.is_empty() {
+        println!("waiting: {}", p.waiting);
+    }
     if p.cycles > 0 {
         println!("cycles {}", p.cycles);
     }
@@ -326,6 +329,12 @@ fn print_proof(p: &Proof) {
     }
     for s in &p.stages {
         println!("  {:<11} {:<8} {}/{}", s.stage, s.state, s.done, s.total);
+    }
+    if let Some(u) = p.usage.as_ref().filter(|u| u.cpu_runner_secs + u.gpu_runner_secs > 0.0) {
+        println!(
+            "usage: tasks {:.1} s CPU, {:.1} s GPU; runners {:.1} s CPU, {:.1} s GPU; estimated cost ${:.4}",
+            u.cpu_task_secs, u.gpu_task_secs, u.cpu_runner_secs, u.gpu_runner_secs, u.estimated_cost_usd
+        );
     }
     if !p.failure_cause.is_empty() {
         println!("cause: {}", p.failure_cause);

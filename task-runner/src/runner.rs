@@ -35,7 +35,7 @@ const DEFAULT_IDLE_EXIT: Duration = Duration::from_secs(5);
 pub async fn run(args: RunnerEnv, kind: ProverKind) -> i32 {
     let stages = args.stages.clone();
     let runner_id = args.runner_id.clone().unwrap_or_else(ids::new_runner_id);
-    let db = match Db::connect(&args.database_url, 8).await {
+    let db = match Db::connect_runner(&args.database_url, 8, args.runner_token.as_deref()).await {
         Ok(db) => db,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -57,7 +57,14 @@ pub async fn run(args: RunnerEnv, kind: ProverKind) -> i32 {
         }
     };
     let handle = args.handle.clone().unwrap_or_else(|| std::process::id().to_string());
-    if let Err(e) = db.register_runner(&runner_id, &args.proof_id, &stages, &args.backend, &handle).await {
+    let registered = async {
+        db.register_runner(&runner_id, &args.proof_id, &stages, &args.backend, &handle).await?;
+        match args.gpus.filter(|g| *g > 0) {
+            Some(gpus) => db.set_runner_gpus(&runner_id, gpus as i32).await,
+            None => Ok(()),
+        }
+    };
+    if let Err(e) = registered.await {
         tracing::error!("registering runner: {e:#}");
         return exit::TRANSIENT;
     }

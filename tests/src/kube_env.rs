@@ -56,8 +56,8 @@ pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> St
 }
 
 /// The Secret the api, dispatcher and runner pods read the store URLs from (the dispatcher's
-/// default `--runner-secret`).
-pub fn create_stores_secret(namespace: &str, db_url: &str, store_url: &str) {
+/// default `--runner-secret`); runners get the database as the restricted runner role.
+pub fn create_stores_secret(namespace: &str, db_url: &str, runner_db_url: &str, store_url: &str) {
     kubectl(&[
         "-n",
         namespace,
@@ -66,6 +66,7 @@ pub fn create_stores_secret(namespace: &str, db_url: &str, store_url: &str) {
         "generic",
         "proofjobs-stores",
         &format!("--from-literal=database-url={db_url}"),
+        &format!("--from-literal=runner-database-url={runner_db_url}"),
         &format!("--from-literal=artifact-store={store_url}"),
     ]);
 }
@@ -139,15 +140,16 @@ impl Default for KubeOptions {
 }
 
 impl KubeEnv {
-    /// A fresh namespace with the RBAC manifest applied and a runner Secret for `db_url`/`store_url`.
-    pub fn create(db_url: &str, store_url: &str, options: &KubeOptions) -> Result<KubeEnv> {
+    /// A fresh namespace with the RBAC manifest applied and the stores Secret (runners get
+    /// `runner_db_url`, a member of the restricted runner role).
+    pub fn create(db_url: &str, runner_db_url: &str, store_url: &str, options: &KubeOptions) -> Result<KubeEnv> {
         let dir = tempfile::tempdir()?;
         let namespace = format!("pj-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         kubectl(&["create", "namespace", &namespace]);
         let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/base/dispatcher-rbac.yaml"))?;
         let manifest = manifest.replace("namespace: proofjobs", &format!("namespace: {namespace}"));
         kubectl_with(&admin_kubeconfig(), &["apply", "-f", "-"], Some(&manifest));
-        create_stores_secret(&namespace, db_url, store_url);
+        create_stores_secret(&namespace, db_url, runner_db_url, store_url);
         let token = kubectl(&["-n", &namespace, "create", "token", "proofjobs-dispatcher", "--duration=2h"]);
         let admin = std::fs::read_to_string(admin_kubeconfig())?;
         let dispatcher_config: String = admin
@@ -224,7 +226,7 @@ impl KubeEnv {
         // The database is made first so the runner Secret can name it.
         let probe = crate::TestDb::create().await?;
         let store = crate::redis_url();
-        let env = KubeEnv::create(&probe.url, &store, options)?;
+        let env = KubeEnv::create(&probe.url, &probe.runner_url().await, &store, options)?;
         let cluster = Cluster::start_on(probe, Some(store), &[], env.dispatcher_env(options)).await?;
         Ok((cluster, env))
     }

@@ -96,7 +96,25 @@ impl TestDb {
     pub async fn db(&self) -> proofjobs_pipeline::state::Db {
         proofjobs_pipeline::state::Db::connect(&self.url, 4).await.unwrap()
     }
+
+    /// This database's URL for a login role that is a member of `proofjobs_runner` (created on
+    /// first use; roles are server-wide), as a deployment gives its runner pods.
+    pub async fn runner_url(&self) -> String {
+        let db = self.db().await;
+        // Tests run side by side: a role another one created just now is as good.
+        if let Err(e) = db.set_runner_login(RUNNER_LOGIN, RUNNER_PASSWORD, false).await {
+            assert!(format!("{e:#}").contains("already exists"), "{e:#}");
+        }
+        db.close().await;
+        let (scheme, rest) = self.url.split_once("://").unwrap();
+        let host = rest.split_once('@').map(|(_, h)| h).unwrap_or(rest);
+        format!("{scheme}://{RUNNER_LOGIN}:{RUNNER_PASSWORD}@{host}")
+    }
 }
+
+/// The login role the tests' runners use.
+pub const RUNNER_LOGIN: &str = "proofjobs_runner_login";
+const RUNNER_PASSWORD: &str = "runner-test-password";
 
 pub fn redis_url() -> String {
     required_env("REDIS_URL")
@@ -168,6 +186,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     /// An admin API key (requester `test-admin`) that [`Cluster::client`] sends.
     pub admin_key: String,
+    /// The database as the runners reach it: a member of the `proofjobs_runner` role.
+    pub runner_db_url: String,
 }
 
 impl Cluster {
@@ -203,7 +223,9 @@ impl Cluster {
         env.extend(extra_api_env.iter().cloned());
         let api = Proc::spawn(&bin("proofjobs-api"), &[], &env, dir.path().join("api.log"));
         let endpoint = format!("http://127.0.0.1:{port}");
-        let mut cluster = Cluster { db, endpoint, store_url, api, dispatcher: None, dispatcher_env, dir, admin_key: String::new() };
+        let runner_db_url = db.runner_url().await;
+        let mut cluster =
+            Cluster { db, runner_db_url, endpoint, store_url, api, dispatcher: None, dispatcher_env, dir, admin_key: String::new() };
         cluster.start_dispatcher();
         cluster.wait_ready().await?;
         // The api has migrated the database by the time it listens.
@@ -214,6 +236,8 @@ impl Cluster {
     pub fn start_dispatcher(&mut self) {
         let mut env = vec![
             ("DATABASE_URL", self.db.url.clone()),
+            // Runners connect as the restricted runner role, as a deployment's do.
+            ("PROOFJOBS_RUNNER_DATABASE_URL", self.runner_db_url.clone()),
             ("PROOFJOBS_ARTIFACT_STORE", self.store_url.clone()),
             ("PROOFJOBS_TASK_RUNNER", bin("task-runner").display().to_string()),
             ("PROOFJOBS_LOG_DIR", self.dir.path().join("runners").display().to_string()),
@@ -393,6 +417,18 @@ pub async fn insert_stage_ready_proof(
     task_type: sp1_prover_types::TaskType,
     tasks: usize,
 ) -> Result<Vec<String>> {
+    insert_stage_ready_proof_of(db, "", id, stage, task_type, tasks).await
+}
+
+/// [`insert_stage_ready_proof`] for a proof of requester `owner`.
+pub async fn insert_stage_ready_proof_of(
+    db: &proofjobs_pipeline::state::Db,
+    owner: &str,
+    id: &str,
+    stage: proofjobs_pipeline::stage::Stage,
+    task_type: sp1_prover_types::TaskType,
+    tasks: usize,
+) -> Result<Vec<String>> {
     use proofjobs_pipeline::state::{NewProof, NewTask};
     let proof = NewProof {
         id: id.to_string(),
@@ -404,7 +440,7 @@ pub async fn insert_stage_ready_proof(
         deadline: chrono::Utc::now() + chrono::TimeDelta::hours(10),
         idempotency_key: None,
         requester: Vec::new(),
-        owner: String::new(),
+        owner: owner.to_string(),
         gas_limit: None,
         scheduled_by: None,
         stdin_private: false,

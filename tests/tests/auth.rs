@@ -164,6 +164,64 @@ async fn a_requester_sees_only_its_own_proofs_and_only_admins_update() {
     cluster.shutdown().await;
 }
 
+/// A request may read only artifacts of its own requester and may not name an output that is in
+/// use: Bob cannot prove over Alice's stdin (told it does not exist, word for word as for a
+/// missing one) nor write over her data, and nothing of Alice's changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_names_only_its_requesters_artifacts() {
+    init_tracing();
+    let cluster = Cluster::start(None, &[]).await.unwrap();
+    let (key_a, key_b) = (cluster.create_key("alice", false).await, cluster.create_key("bob", false).await);
+    let (mut alice, mut bob) = (cluster.cluster_client(Some(&key_a)).await, cluster.cluster_client(Some(&key_b)).await);
+    let mut conn = redis_connection().await;
+    let suffix = uuid::Uuid::now_v7().simple().to_string();
+    let id = |what: &str, who: &str| format!("artifact_{what}_{who}_{suffix}");
+    let program = bincode::serialize(&FIBONACCI_ELF.to_vec()).unwrap();
+    for who in ["alice", "bob"] {
+        put_like_sp1_cluster(&mut conn, &id("p", who), &program).await;
+        put_like_sp1_cluster(&mut conn, &id("s", who), &fibonacci_stdin(10)).await;
+    }
+    let request = |proof: &str, program: String, stdin: String, output: Option<String>| ProofRequestCreateRequest {
+        proof_id: format!("{proof}_{suffix}"),
+        program_artifact_id: program,
+        stdin_artifact_id: stdin,
+        options_artifact_id: Some("1".into()),
+        proof_artifact_id: output,
+        deadline: now() + 600,
+        ..Default::default()
+    };
+    let alices = request("alice", id("p", "alice"), id("s", "alice"), Some(id("o", "alice")));
+    alice.proof_request_create(alices.clone()).await.unwrap();
+    // Alice's retry of the same request is answered as before.
+    assert_eq!(alice.proof_request_create(alices.clone()).await.unwrap_err().code(), Code::AlreadyExists);
+
+    let denied = bob.proof_request_create(request("b1", id("p", "bob"), id("s", "alice"), None)).await.unwrap_err();
+    let missing = bob.proof_request_create(request("b2", id("p", "bob"), id("s", "nobody"), None)).await.unwrap_err();
+    assert_eq!((denied.code(), missing.code()), (Code::NotFound, Code::NotFound), "{denied} / {missing}");
+    assert_eq!(denied.message().replace(&id("s", "alice"), "X"), missing.message().replace(&id("s", "nobody"), "X"));
+    let denied = bob.proof_request_create(request("b3", id("p", "alice"), id("s", "bob"), None)).await.unwrap_err();
+    assert_eq!(denied.code(), Code::NotFound, "{denied}");
+    for output in [id("o", "alice"), id("s", "alice"), id("p", "bob")] {
+        let refused = bob.proof_request_create(request("b4", id("p", "bob"), id("s", "bob"), Some(output.clone()))).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "output {output}: {refused}");
+    }
+    // With his own artifacts and a fresh output, Bob's request goes through.
+    bob.proof_request_create(request("b5", id("p", "bob"), id("s", "bob"), Some(id("o", "bob")))).await.unwrap();
+
+    // Alice's request is untouched; both are cancelled (no proving needed here).
+    let got = alice.proof_request_get(ProofRequestGetRequest { proof_id: alices.proof_id.clone() }).await.unwrap().into_inner();
+    let got = got.proof_request.unwrap();
+    assert_eq!((got.stdin_artifact_id, got.proof_artifact_id), (id("s", "alice"), Some(id("o", "alice"))));
+    for (client, proof) in [(&mut alice, alices.proof_id.clone()), (&mut bob, format!("b5_{suffix}"))] {
+        client.proof_request_cancel(ProofRequestCancelRequest { proof_id: proof }).await.unwrap();
+    }
+    let db = cluster.db.db().await;
+    let bobs: Vec<String> = db.list_proofs(&[], Some("bob"), 10, 0).await.unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(bobs, vec![format!("b5_{suffix}")], "no refused request left a proof");
+    db.close().await;
+    cluster.shutdown().await;
+}
+
 fn proofctl(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     std::process::Command::new(bin("proofctl")).args(args).env_remove("PROOFJOBS_API_KEY").envs(env.iter().copied()).output().unwrap()
 }

@@ -235,7 +235,7 @@ async fn the_test_overlay_runs_a_proof_and_survives_losing_its_leader() {
     )
     .unwrap();
     kubectl(&["create", "namespace", &namespace]);
-    create_stores_secret(&namespace, &db.url, &redis_url());
+    create_stores_secret(&namespace, &db.url, &db.runner_url().await, &redis_url());
     let agent = NodeAgent::start(dir.path());
     let applied = kubectl(&["apply", "-k", &dir.path().display().to_string()]);
     let diagnostics = || {

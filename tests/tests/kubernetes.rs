@@ -12,7 +12,7 @@ use kube::{
 };
 use proofjobs_api::proto::{GetProofRequest, GetRequest};
 use proofjobs_dispatcher::{
-    backend::RunnerSpec,
+    backend::{RunnerSpec, Share},
     kubernetes::{
         job_spec::{build_job, job_name, JobSettings},
         profiles::StageProfiles,
@@ -40,7 +40,8 @@ async fn every_stage_job_of_every_mode_is_accepted_by_the_apiserver() {
     init_tracing();
     let _k = kube_lock().await;
     let options = KubeOptions { pools: Vec::new(), ..Default::default() };
-    let env = KubeEnv::create("postgres://unused@127.0.0.1:1/x", "redis://127.0.0.1:1", &options).unwrap();
+    let env =
+        KubeEnv::create("postgres://unused@127.0.0.1:1/x", "postgres://unused@127.0.0.1:1/x", "redis://127.0.0.1:1", &options).unwrap();
     let jobs: Api<Job> = Api::namespaced(dispatcher_client(&env).await, &env.namespace);
     let profiles = StageProfiles::default();
     let mut settings = JobSettings::for_tests(&env.namespace);
@@ -58,6 +59,8 @@ async fn every_stage_job_of_every_mode_is_accepted_by_the_apiserver() {
                     proof_id,
                     stages: group.clone(),
                     deadline_secs: 3600,
+                    share: Share { requester: "team-a".into(), weight: 2, max_gpu_runners: Some(4) },
+                    runner_token: None,
                 };
                 for suspend in [false, true] {
                     let mut job = build_job(&spec, &profiles.for_group(&group), &settings, suspend);

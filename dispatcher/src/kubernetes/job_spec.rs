@@ -45,7 +45,8 @@ pub struct JobSettings {
     pub command: String,
     /// ServiceAccount of runner pods (they need no Kubernetes API access; the token is not mounted).
     pub service_account: Option<String>,
-    /// Secret holding `database-url` and `artifact-store`; they reach pods only via secretKeyRef.
+    /// Secret holding `runner-database-url` (a member of the `proofjobs_runner` database role)
+    /// and `artifact-store`; they reach pods only via secretKeyRef.
     pub runner_secret: String,
     /// Non-secret environment passed to every runner (RUST_LOG, SP1 settings).
     pub extra_env: Vec<(String, String)>,
@@ -108,13 +109,20 @@ pub fn proof_label(proof_id: &str) -> String {
 }
 
 pub const PROOF_ID_ANNOTATION: &str = "proofjobs.io/proof-id";
+/// The runner Secret's key with the database URL runners use: a role with rights on the task
+/// tables of the proof whose token it presents, nothing else (the api's `database-url` is the owner's).
+pub const RUNNER_DATABASE_URL_KEY: &str = "runner-database-url";
 
 /// The `proofjobs.io/gpu` label value for a runner's device description ("NVIDIA H200 (GPU 0,
 /// …)"): the model, with what a label value cannot hold turned into `-`.
 pub fn gpu_label(device: &str) -> String {
-    let model = device.split(" (").next().unwrap_or(device);
+    label_value(device.split(" (").next().unwrap_or(device))
+}
+
+/// `text` as a valid label value: other characters become `-`, at most 63, alphanumeric ends.
+fn label_value(text: &str) -> String {
     let cleaned: String =
-        model.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).take(63).collect();
+        text.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' }).take(63).collect();
     cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
 
@@ -124,6 +132,7 @@ pub fn group_labels(spec: &RunnerSpec) -> BTreeMap<String, String> {
         (labels::MANAGED_BY.to_string(), labels::MANAGER.to_string()),
         (labels::PROOF.to_string(), proof_label(&spec.proof_id)),
         (labels::STAGE.to_string(), proofjobs_pipeline::stage::group_name(&spec.stages)),
+        (labels::REQUESTER.to_string(), label_value(&spec.share.requester)),
     ])
 }
 
@@ -160,6 +169,11 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
     job_labels.insert(labels::PROGRESS.into(), "0-of-0".into());
     let pod_labels = group_labels(spec);
     let annotations = BTreeMap::from([(PROOF_ID_ANNOTATION.to_string(), spec.proof_id.clone())]);
+    let mut job_annotations = annotations.clone();
+    job_annotations.insert(labels::WEIGHT.into(), spec.share.weight.to_string());
+    if let Some(max) = spec.share.max_gpu_runners {
+        job_annotations.insert(labels::MAX_GPU_RUNNERS.into(), max.to_string());
+    }
 
     // The runner contract. Each pod is its own runner (its own claims and heartbeat), grouped
     // under the Job; the state and store URLs come from the runner Secret.
@@ -175,11 +189,13 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         prover: None,
         gpu_min_free_gib: profile.gpu_min_free_gib.filter(|_| profile.gpus > 0),
         idle_exit_secs: None,
+        runner_token: spec.runner_token.clone(),
+        gpus: Some(profile.gpus).filter(|g| *g > 0),
     };
     let mut env: Vec<EnvVar> = contract.to_vars().into_iter().map(|(k, v)| self::env(k, v)).collect();
     env.extend([
         field_env(runner_env::RUNNER_ID, "metadata.name"),
-        secret_env(runner_env::DATABASE_URL, &settings.runner_secret, "database-url"),
+        secret_env(runner_env::DATABASE_URL, &settings.runner_secret, RUNNER_DATABASE_URL_KEY),
         secret_env(runner_env::ARTIFACT_STORE, &settings.runner_secret, "artifact-store"),
         self::env("TMPDIR", "/scratch"),
     ]);
@@ -298,7 +314,7 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
             name: Some(name),
             namespace: Some(settings.namespace.clone()),
             labels: Some(job_labels),
-            annotations: Some(annotations.clone()),
+            annotations: Some(job_annotations),
             ..Default::default()
         },
         spec: Some(JobSpec {
@@ -336,6 +352,8 @@ mod tests {
             proof_id: "proof_0192ab".into(),
             stages,
             deadline_secs: 3600,
+            share: crate::backend::Share { requester: "team-a".into(), weight: 2, max_gpu_runners: Some(3) },
+            runner_token: Some("t0k3n".into()),
         }
     }
 
@@ -385,6 +403,17 @@ mod tests {
         assert_eq!(v["metadata"]["labels"]["app.kubernetes.io/managed-by"], "proofjobs");
         assert_eq!(v["spec"]["template"]["metadata"]["labels"]["proofjobs.io/proof"], "proof_0192ab");
         assert_eq!(c["image"], "proofjobs/task-runner:dev");
+    }
+
+    #[test]
+    fn a_job_names_its_requester_and_carries_its_share() {
+        let v = json(vec![Stage::ProveCore]);
+        assert_eq!(v["metadata"]["labels"]["proofjobs.io/requester"], "team-a");
+        assert_eq!(v["spec"]["template"]["metadata"]["labels"]["proofjobs.io/requester"], "team-a");
+        assert_eq!(v["metadata"]["annotations"]["proofjobs.io/weight"], "2");
+        assert_eq!(v["metadata"]["annotations"]["proofjobs.io/max-gpu-runners"], "3");
+        assert!(v["spec"]["template"]["metadata"]["annotations"].get("proofjobs.io/weight").is_none());
+        assert_eq!(label_value("x/y z"), "x-y-z");
     }
 
     #[test]

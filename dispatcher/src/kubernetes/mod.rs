@@ -7,6 +7,7 @@
 pub mod job_spec;
 pub mod leader;
 pub mod profiles;
+pub mod share;
 pub mod view;
 pub mod watch;
 
@@ -34,6 +35,7 @@ use tokio::sync::Notify;
 use self::{
     job_spec::{build_job, job_name, JobSettings, POD_BACKEND},
     profiles::StageProfiles,
+    share::{allocate, GpuJob, Grant},
     view::{container_exit_code, finished, job_gpus, JobEnd, JobView, Waiting},
     watch::Watch,
 };
@@ -62,8 +64,8 @@ pub struct KubeBackend {
     watch: Watch,
     settings: KubeSettings,
     db: Db,
-    /// GPU pods granted per Job by this process (parallelism × gpus), ahead of the watch.
-    granted: Mutex<HashMap<String, u32>>,
+    /// GPU Jobs as this process last granted them (pods, requester), ahead of the watch.
+    granted: Mutex<HashMap<String, GpuJob>>,
     /// Jobs this process has seen in the watch: one missing after that was deleted, not lagging.
     seen: Mutex<HashSet<String>>,
 }
@@ -80,27 +82,50 @@ impl KubeBackend {
         Ok(KubeBackend { jobs_api, pods_api, recorder, watch, settings, db, granted: Mutex::new(HashMap::new()), seen: Mutex::default() })
     }
 
-    /// GPU pods in use or granted: unfinished, unsuspended GPU Jobs' parallelism × gpus.
-    fn gpu_in_use(&self) -> u32 {
-        let granted = self.granted.lock().unwrap();
-        let mut total = 0;
-        let mut seen = std::collections::HashSet::new();
+    /// Every unfinished GPU Job, oldest first, as the watch shows it or (when newer) as this
+    /// process granted it, with `me`'s demand set to what it wants (appended when not yet known).
+    fn gpu_jobs(&self, granted: &HashMap<String, GpuJob>, me: GpuJob) -> (Vec<GpuJob>, usize) {
+        let mut jobs: Vec<(Option<k8s_openapi::jiff::Timestamp>, GpuJob)> = Vec::new();
+        let mut seen = HashSet::new();
         for job in self.watch.jobs() {
-            let name = job.name_any();
-            seen.insert(name.clone());
-            if finished(&job).is_some() {
-                continue;
+            seen.insert(job.name_any());
+            let Some(mut gpu_job) = GpuJob::of(&job) else { continue };
+            if let Some(g) = granted.get(&gpu_job.name) {
+                gpu_job.pods = gpu_job.pods.max(g.pods);
+                gpu_job.wanted = gpu_job.wanted.max(gpu_job.pods);
             }
-            let spec = job.spec.as_ref();
-            let watched = if spec.and_then(|s| s.suspend).unwrap_or(false) {
-                0
-            } else {
-                spec.and_then(|s| s.parallelism).unwrap_or(1).max(0) as u32 * job_gpus(&job)
-            };
-            total += watched.max(granted.get(&name).copied().unwrap_or(0));
+            jobs.push((job.metadata.creation_timestamp.as_ref().map(|t| t.0), gpu_job));
         }
-        // Granted but not yet seen by the watch.
-        total + granted.iter().filter(|(name, _)| !seen.contains(*name)).map(|(_, n)| *n).sum::<u32>()
+        // Granted but not yet in the watch: the newest. One the watch showed before and no
+        // longer does is gone, and its GPUs with it.
+        let gone = self.seen.lock().unwrap();
+        jobs.extend(granted.values().filter(|g| !seen.contains(&g.name) && !gone.contains(&g.name)).map(|g| (None, g.clone())));
+        drop(gone);
+        jobs.sort_by(|(ta, a), (tb, b)| (ta.is_none(), ta, &a.name).cmp(&(tb.is_none(), tb, &b.name)));
+        let mut jobs: Vec<GpuJob> = jobs.into_iter().map(|(_, j)| j).collect();
+        let index = match jobs.iter().position(|j| j.name == me.name) {
+            Some(i) => {
+                jobs[i].wanted = me.wanted.max(jobs[i].pods);
+                i
+            }
+            None => {
+                jobs.push(me);
+                jobs.len() - 1
+            }
+        };
+        (jobs, index)
+    }
+
+    /// Decide what GPU Job `me` may run and record a grant, in one step under the lock so two
+    /// decisions never hand out the same GPU.
+    fn grant(&self, me: GpuJob) -> Grant {
+        let mut granted = self.granted.lock().unwrap();
+        let (jobs, index) = self.gpu_jobs(&granted, me);
+        let grant = allocate(&jobs, self.settings.max_gpu_pods)[index];
+        if let Grant::Pods(pods) = grant {
+            granted.insert(jobs[index].name.clone(), GpuJob { pods, ..jobs[index].clone() });
+        }
+        grant
     }
 
     /// Pods of a Job that the scheduler could not place, and since when.
@@ -196,7 +221,19 @@ impl Backend for KubeBackend {
     async fn launch(&self, spec: &RunnerSpec) -> Result<String> {
         let profile = self.settings.profiles.for_group(&spec.stages);
         let gpus = profile.gpus;
-        let queued = gpus > 0 && self.gpu_in_use() + gpus > self.settings.max_gpu_pods;
+        let queued = gpus > 0
+            && !matches!(
+                self.grant(GpuJob {
+                    name: spec.runner_id.clone(),
+                    requester: spec.share.requester.clone(),
+                    weight: spec.share.weight,
+                    max_gpu_runners: spec.share.max_gpu_runners,
+                    gpus_per_pod: gpus,
+                    pods: 0,
+                    wanted: 1,
+                }),
+                Grant::Pods(_)
+            );
         let job = build_job(spec, &profile, &self.settings.job, queued);
         match self.jobs_api.create(&PostParams::default(), &job).await {
             Ok(created) => {
@@ -211,10 +248,10 @@ impl Backend for KubeBackend {
             }
             // Created by an earlier dispatcher that died before recording it: adopt it.
             Err(kube::Error::Api(e)) if e.code == 409 => tracing::info!(job = %spec.runner_id, "stage Job exists; adopting it"),
-            Err(e) => return Err(e).with_context(|| format!("creating Job {}", spec.runner_id)),
-        }
-        if !queued && gpus > 0 {
-            self.granted.lock().unwrap().insert(spec.runner_id.clone(), gpus);
+            Err(e) => {
+                self.granted.lock().unwrap().remove(&spec.runner_id);
+                return Err(e).with_context(|| format!("creating Job {}", spec.runner_id));
+            }
         }
         Ok(spec.runner_id.clone())
     }
@@ -234,6 +271,8 @@ impl Backend for KubeBackend {
         match self.jobs_api.delete(name, &DeleteParams::background()).await {
             Ok(_) => {
                 tracing::info!(job = %name, "stage Job deleted");
+                // Its GPUs go to the next Job as soon as the watch sees it go.
+                self.granted.lock().unwrap().remove(name);
                 Ok(())
             }
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
@@ -304,22 +343,17 @@ impl Backend for KubeBackend {
         }
         // Parallelism follows the queue (never shrinks: idle pods leave by themselves).
         let wanted = (load.open.max(1) as u32).div_ceil(load.concurrency.max(1) as u32).clamp(1, self.settings.max_pods_per_job);
-        let (parallelism, suspend) = if gpus > 0 {
-            let mine = if suspended { 0 } else { current * gpus };
-            let granted = self.granted.lock().unwrap().get(&name).copied().unwrap_or(0);
-            let others = self.gpu_in_use().saturating_sub(mine.max(granted));
-            match view::gpu_grant(current, suspended, wanted, gpus, others, self.settings.max_gpu_pods) {
-                Some(pods) => {
-                    self.granted.lock().unwrap().insert(name.clone(), pods * gpus);
-                    (pods, false)
-                }
-                None => (current, true),
-            }
-        } else {
-            (current.max(wanted), false)
+        let (parallelism, held) = match GpuJob::of(&job) {
+            Some(me) => match self.grant(GpuJob { wanted, ..me }) {
+                Grant::Pods(pods) => (pods, None),
+                Grant::Queued => (current, Some(Waiting::Queued)),
+                Grant::OverQuota => (current, Some(Waiting::OverQuota)),
+            },
+            None => (current.max(wanted), None),
         };
+        let suspend = held.is_some();
         let waiting_for = if suspend { None } else { self.unschedulable_for(&name) };
-        let waiting = if suspend { Some(Waiting::Queued) } else { waiting_for.map(|_| Waiting::ForCapacity) };
+        let waiting = held.or(waiting_for.map(|_| Waiting::ForCapacity));
         let was_waiting = labels_now.get(labels::WAITING).cloned();
         let view = JobView { progress, waiting, gpu, parallelism: parallelism as i32, suspend };
         self.show(&job, &view).await?;
@@ -332,6 +366,12 @@ impl Backend for KubeBackend {
                 Some(Waiting::Queued) => {
                     let note = format!("suspended: GPU pods in use reach the cap of {} (--max-gpu-pods)", self.settings.max_gpu_pods);
                     self.event(&job, false, "Queued", note).await;
+                }
+                Some(Waiting::OverQuota) => {
+                    let requester = job.labels().get(labels::REQUESTER).cloned().unwrap_or_default();
+                    let note =
+                        format!("suspended: requester {requester:?} runs as many GPU pods as its quota allows (proofctl admin quota)");
+                    self.event(&job, false, "QueuedOverQuota", note).await;
                 }
                 None if was_waiting.is_some() => self.event(&job, false, "Running", "its pods have a node".into()).await,
                 None => {}

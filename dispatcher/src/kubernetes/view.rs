@@ -1,7 +1,7 @@
 //! What operators see of a stage Job and the pure decisions behind it: the labels, parallelism
 //! and suspension the dispatcher keeps current (written with server-side apply, so the fields are
-//! owned by one field manager and a label dropped from the view is removed), how many GPU pods a
-//! Job may have under the global cap, and which exit code decided a failed Job.
+//! owned by one field manager and a label dropped from the view is removed), and which exit code
+//! decided a failed Job.
 
 use std::sync::Arc;
 
@@ -22,6 +22,8 @@ pub const VIEW_MANAGER: &str = "proofjobs-dispatcher-view";
 pub enum Waiting {
     /// Suspended behind the global GPU cap.
     Queued,
+    /// Suspended: its requester runs as many GPU pods as its quota allows.
+    OverQuota,
     /// Pods unschedulable: no node can take them yet (e.g. a GPU pool scaling from zero).
     ForCapacity,
 }
@@ -30,6 +32,7 @@ impl Waiting {
     pub fn label(self) -> &'static str {
         match self {
             Waiting::Queued => "queued",
+            Waiting::OverQuota => labels::OVER_QUOTA,
             Waiting::ForCapacity => "waiting-for-capacity",
         }
     }
@@ -67,18 +70,6 @@ impl JobView {
             "spec": { "parallelism": self.parallelism, "suspend": self.suspend },
         })
     }
-}
-
-/// How many pods a GPU Job may run under the global cap, or `None` to suspend it (no room).
-/// Parallelism follows the queue (`wanted`) but never shrinks a running Job: idle pods leave by
-/// themselves. `others` counts GPUs in use or granted by every other Job.
-pub fn gpu_grant(current: u32, suspended: bool, wanted: u32, gpus_per_pod: u32, others: u32, max_gpus: u32) -> Option<u32> {
-    let room = max_gpus.saturating_sub(others) / gpus_per_pod.max(1);
-    if room == 0 {
-        return None;
-    }
-    let floor = if suspended { 1 } else { current.min(room) };
-    Some(current.max(wanted).min(room).max(floor))
 }
 
 /// The exit code that failed a Job: its pods' runner containers that terminated with a non-zero
@@ -145,23 +136,6 @@ mod tests {
         assert_eq!(queued["metadata"]["labels"][labels::WAITING], "queued");
         assert_eq!(queued["metadata"]["labels"][labels::GPU], "NVIDIA-H200");
         assert_eq!(queued["metadata"]["annotations"][labels::GPU], "NVIDIA H200 (GPU 0, 8.9 cc)");
-    }
-
-    #[test]
-    fn gpu_jobs_grow_with_their_queue_within_the_global_cap() {
-        // 8 shards waiting, 4 per pod → 2 pods wanted, room for 3.
-        assert_eq!(gpu_grant(1, false, 2, 1, 0, 3), Some(2));
-        // Another Job holds 2 of 3 GPUs: only one pod.
-        assert_eq!(gpu_grant(1, false, 4, 1, 2, 3), Some(1));
-        // No room at all: suspend (or stay suspended).
-        assert_eq!(gpu_grant(1, false, 2, 1, 3, 3), None);
-        assert_eq!(gpu_grant(1, true, 2, 1, 3, 3), None);
-        // A suspended Job that gets room starts with at least one pod.
-        assert_eq!(gpu_grant(1, true, 1, 1, 2, 3), Some(1));
-        // Never shrink a running Job below what it has while there is room for it.
-        assert_eq!(gpu_grant(3, false, 1, 1, 0, 4), Some(3));
-        // Two GPUs per pod: room is counted in pods.
-        assert_eq!(gpu_grant(1, false, 4, 2, 2, 8), Some(3));
     }
 
     fn pod(exit: Option<(i32, &str)>) -> Arc<Pod> {

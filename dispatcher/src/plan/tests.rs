@@ -11,7 +11,14 @@ fn at(secs: i64) -> DateTime<Utc> {
 const NOW: i64 = 1_000;
 
 fn proof(id: &str, pending: &[Stage]) -> ActiveProof {
-    ActiveProof { id: id.into(), status: ProofStatus::Running, deadline: at(NOW + 3_600), pending_stages: pending.to_vec() }
+    ActiveProof {
+        id: id.into(),
+        status: ProofStatus::Running,
+        deadline: at(NOW + 3_600),
+        pending_stages: pending.to_vec(),
+        owner: "a".into(),
+        waiting: None,
+    }
 }
 
 fn row(id: &str, proof_id: &str, stages: &[Stage]) -> RunnerRow {
@@ -39,7 +46,7 @@ fn ended(row: RunnerRow, code: Option<i32>) -> RunnerView {
 }
 
 fn snapshot(active: Vec<ActiveProof>, runners: Vec<RunnerView>) -> Snapshot {
-    Snapshot { now: at(NOW), active, runners, finished_at: HashMap::new(), groups: Vec::new(), heartbeats: true }
+    Snapshot { now: at(NOW), active, runners, finished_at: HashMap::new(), groups: Vec::new(), heartbeats: true, quotas: Quotas::default() }
 }
 
 fn group(proof_id: &str, stages: &[Stage], failures: i32, retries: i32, not_before: Option<DateTime<Utc>>, launches: i64) -> GroupState {
@@ -303,4 +310,60 @@ fn operators_are_told_why_a_group_is_retried_or_its_proof_failed() {
     assert_eq!(told, vec![("ProofFailed", "the program is not a valid SP1 RISC-V ELF".to_string())]);
     // A clean exit is nothing to tell.
     assert!(notes(&plan(&snapshot(vec![proof("p", &[])], vec![ended(row("r", "p", EXEC), Some(0))]), &per_stage())).is_empty());
+}
+
+fn pending(id: &str, owner: &str) -> ActiveProof {
+    ActiveProof { status: ProofStatus::Pending, owner: owner.into(), ..proof(id, EXEC) }
+}
+
+fn quota(max_in_flight: u32) -> proofjobs_pipeline::state::Quota {
+    proofjobs_pipeline::state::Quota { max_in_flight: Some(max_in_flight), ..Default::default() }
+}
+
+#[test]
+fn a_requester_at_its_in_flight_quota_waits_visibly_and_others_do_not() {
+    // a may run 2 proofs; one runs, three wait in creation order. b has no quota of its own.
+    let mut snap = snapshot(vec![proof("a1", &[]), pending("a2", "a"), pending("a3", "a"), pending("b1", "b"), pending("a4", "a")], vec![]);
+    snap.quotas.by_requester.insert("a".into(), quota(2));
+    let actions = plan(&snap, &per_stage());
+    let started: Vec<String> = launches(&actions).into_iter().map(|(p, _, _)| p).collect();
+    assert_eq!(started, vec!["a2", "b1"], "a's oldest pending proof fills its quota; b is not held by a's");
+    for waiting in ["a3", "a4"] {
+        assert!(actions.contains(&Action::Wait { proof_id: waiting.into(), reason: Some(OVER_QUOTA.into()) }), "{actions:?}");
+        assert!(!actions.contains(&Action::MarkRunning { proof_id: waiting.into() }));
+    }
+    // Already marked: not written again. When a1 ends, a3 (the older) starts, a4 still waits.
+    snap.active[2].waiting = Some(OVER_QUOTA.into());
+    snap.active[4].waiting = Some(OVER_QUOTA.into());
+    snap.active[1].status = ProofStatus::Running;
+    snap.active.remove(0);
+    snap.active.retain(|p| p.id != "b1");
+    let actions = plan(&snap, &per_stage());
+    assert_eq!(launches(&actions).into_iter().map(|(p, _, _)| p).collect::<Vec<_>>(), vec!["a2", "a3"]);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Wait { .. })), "a4's reason stands: {actions:?}");
+    // The defaults row applies to a requester without its own.
+    let mut snap = snapshot(vec![proof("c1", &[]), pending("c2", "c")], vec![]);
+    snap.active[0].owner = "c".into();
+    snap.quotas.default = quota(1);
+    assert!(launches(&plan(&snap, &per_stage())).is_empty());
+}
+
+#[test]
+fn a_queued_proof_past_its_deadline_fails_saying_it_was_queued() {
+    let mut late = pending("p", "a");
+    late.deadline = at(NOW - 1);
+    late.waiting = Some(OVER_QUOTA.into());
+    let cause = failure(&plan(&snapshot(vec![late], vec![]), &per_stage()), "p").unwrap();
+    assert!(cause.contains("deadline exceeded") && cause.contains(OVER_QUOTA), "{cause}");
+}
+
+#[test]
+fn launches_carry_the_requesters_share() {
+    let mut snap = snapshot(vec![pending("p", "team")], vec![]);
+    snap.quotas
+        .by_requester
+        .insert("team".into(), proofjobs_pipeline::state::Quota { weight: 3, max_gpu_runners: Some(2), ..Default::default() });
+    let actions = plan(&snap, &per_stage());
+    let Some(Action::Launch { share, .. }) = actions.iter().find(|a| matches!(a, Action::Launch { .. })) else { panic!("{actions:?}") };
+    assert_eq!(share, &Share { requester: "team".into(), weight: 3, max_gpu_runners: Some(2) });
 }

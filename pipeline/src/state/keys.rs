@@ -77,7 +77,7 @@ impl Db {
         expires_at: Option<DateTime<Utc>>,
         description: &str,
     ) -> Result<(KeyRow, String)> {
-        anyhow::ensure!(!requester.trim().is_empty(), "a key needs a requester name");
+        super::validate_requester_name(requester).map_err(anyhow::Error::msg)?;
         let (id, key) = new_key();
         let row = sqlx::query_as(
             "INSERT INTO api_keys (id, requester, secret_hash, admin, description, expires_at)

@@ -1,32 +1,43 @@
 //! Durable state in PostgreSQL, one file per table: proofs, tasks, runners (with their groups'
-//! retry state), task messages, API keys, and the notifications every write fires. This module is the only
+//! retry state), task messages, API keys, requesters' quotas, artifact claims, usage and prices, and the notifications every write fires. This module is the only
 //! place that writes SQL, so the invariants live here: a terminal proof never changes again, a
 //! succeeded task stays succeeded, a task is claimed by exactly one runner (`FOR UPDATE SKIP
 //! LOCKED`) and only that claim may finish it, and a lost runner's tasks go back to the queue.
 //! Rows map to structs with `sqlx::FromRow`; status columns are TEXT that decode into enums, and a
 //! string no enum knows is an error, never a default.
 
+mod claims;
 mod keys;
 mod messages;
 mod notifications;
 mod proofs;
+mod requesters;
 mod runners;
 mod tasks;
+mod usage;
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sqlx::{postgres::PgPoolOptions, PgPool};
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool,
+};
 
 pub use self::{
     keys::{KeyHolder, KeyRefusal, KeyRow},
     notifications::{wait_for, Notifications},
-    proofs::{CancelOutcome, InsertOutcome, NewProof, ProofRow, ProofStatus, StageProgress},
+    proofs::{ActiveHead, CancelOutcome, InsertOutcome, NewProof, ProofRow, ProofStatus, StageProgress},
+    requesters::{validate_requester_name, Quota, Quotas, RequesterRow, DEFAULTS as DEFAULT_QUOTA},
     runners::{GroupState, RunnerRow},
     tasks::{Claim, ClaimedTask, NewTask, TaskState},
+    usage::{Prices, RequesterUsage, Usage},
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The session setting a runner's token travels in (read by `proofjobs_runner_proof()`).
+const RUNNER_TOKEN_SETTING: &str = "proofjobs.runner_token";
 
 /// How often a task may be started before its failure fails the proof.
 pub const MAX_TASK_ATTEMPTS: i32 = 3;
@@ -38,10 +49,20 @@ pub struct Db {
 
 impl Db {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db> {
+        Db::connect_runner(url, max_connections, None).await
+    }
+
+    /// Connects presenting a runner token (see `runners.rs`): a role that is a member of
+    /// `proofjobs_runner` then has rights on the token's proof only.
+    pub async fn connect_runner(url: &str, max_connections: u32, runner_token: Option<&str>) -> Result<Db> {
+        let mut options: PgConnectOptions = url.parse().with_context(|| format!("{} is not a PostgreSQL URL", redact(url)))?;
+        if let Some(token) = runner_token {
+            options = options.options([(RUNNER_TOKEN_SETTING, token)]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(15))
-            .connect(url)
+            .connect_with(options)
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
         Ok(Db { pool })

@@ -66,9 +66,21 @@ pub struct ProofRow {
     pub extra_data: Option<String>,
     pub scheduled_by: Option<String>,
     pub stdin_private: bool,
+    /// Why a pending proof has not started (`queued-over-quota`).
+    pub waiting: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An unfinished proof as the dispatcher reads it each pass.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ActiveHead {
+    pub id: String,
+    pub status: ProofStatus,
+    pub deadline: DateTime<Utc>,
+    pub owner: String,
+    pub waiting: Option<String>,
 }
 
 /// A new proof request, with the artifacts it reads already in the store.
@@ -269,7 +281,7 @@ impl Db {
     }
 
     pub async fn mark_proof_running(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE proofs SET status = 'running', updated_at = now() WHERE id = $1 AND status = 'pending'")
+        sqlx::query("UPDATE proofs SET status = 'running', waiting = NULL, updated_at = now() WHERE id = $1 AND status = 'pending'")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -301,11 +313,23 @@ impl Db {
         Ok(n == 1)
     }
 
-    /// (id, status, deadline) of every unfinished proof: what the dispatcher's passes read.
-    pub async fn active_proof_heads(&self) -> Result<Vec<(String, ProofStatus, DateTime<Utc>)>> {
-        Ok(sqlx::query_as("SELECT id, status, deadline FROM proofs WHERE status IN ('pending', 'running') ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?)
+    /// Says why a pending proof waits (`None`: it no longer does).
+    pub async fn set_proof_waiting(&self, id: &str, waiting: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE proofs SET waiting = $2, updated_at = now() WHERE id = $1 AND status = 'pending'")
+            .bind(id)
+            .bind(waiting)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every unfinished proof, oldest first: what the dispatcher's passes read.
+    pub async fn active_proof_heads(&self) -> Result<Vec<ActiveHead>> {
+        Ok(sqlx::query_as(
+            "SELECT id, status, deadline, owner, waiting FROM proofs WHERE status IN ('pending', 'running') ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn count_active_proofs(&self) -> Result<i64> {

@@ -3,7 +3,7 @@
 //! each proof's runner groups. Both are durable so that a restarted dispatcher keeps counting
 //! failures and honouring backoff where the last one stopped.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 
 use super::Db;
@@ -50,6 +50,48 @@ pub struct GroupState {
 const RUNNER_COLUMNS: &str = "id, proof_id, stages, backend, handle, heartbeat_at, started_at, error, exited_at, exit_code";
 
 impl Db {
+    /// A fresh token for a runner of `proof_id` (only its SHA-256 is kept). A runner connecting
+    /// with it as a member of the `proofjobs_runner` role sees and writes that proof's rows only.
+    pub async fn issue_runner_token(&self, proof_id: &str) -> Result<String> {
+        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        sqlx::query("INSERT INTO runner_tokens (token_hash, proof_id) VALUES (sha256(convert_to($1, 'UTF8')), $2)")
+            .bind(&token)
+            .bind(proof_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// Lets `role` log in with `password` as a member of `proofjobs_runner` (created by the
+    /// migrations): the database identity runner pods use. Creates the role, or, when it exists
+    /// and `replace` is set, gives it the new password; `false` when it existed and was left as is.
+    pub async fn set_runner_login(&self, role: &str, password: &str, replace: bool) -> Result<bool> {
+        anyhow::ensure!(
+            !role.is_empty() && role.len() <= 63 && role.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "role name {role:?}: use lowercase letters, digits and '_'"
+        );
+        anyhow::ensure!(password.len() >= 8, "the runner role's password must have at least 8 characters");
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)").bind(role).fetch_one(&self.pool).await?;
+        if exists && !replace {
+            return Ok(false);
+        }
+        // DDL takes no bind parameters: the server quotes the name and the password itself.
+        let template = if exists {
+            "SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)"
+        } else {
+            "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE proofjobs_runner', $1::text, $2::text)"
+        };
+        let statement: String = sqlx::query_scalar(template).bind(role).bind(password).fetch_one(&self.pool).await?;
+        sqlx::raw_sql(&statement).execute(&self.pool).await.with_context(|| format!("setting up database role {role}"))?;
+        if exists {
+            let grant: String =
+                sqlx::query_scalar("SELECT format('GRANT proofjobs_runner TO %I', $1::text)").bind(role).fetch_one(&self.pool).await?;
+            sqlx::raw_sql(&grant).execute(&self.pool).await?;
+        }
+        Ok(true)
+    }
+
     pub async fn register_runner(&self, id: &str, proof_id: &str, stages: &[Stage], backend: &str, handle: &str) -> Result<()> {
         sqlx::query("INSERT INTO runners (id, proof_id, stages, backend, handle) VALUES ($1,$2,$3,$4,$5) ON CONFLICT (id) DO NOTHING")
             .bind(id)

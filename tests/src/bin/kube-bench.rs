@@ -27,7 +27,7 @@ use kube::{
     Api,
 };
 use proofjobs_dispatcher::{
-    backend::RunnerSpec,
+    backend::{RunnerSpec, Share},
     kubernetes::{
         job_spec::{build_job, job_name, JobSettings},
         profiles::StageProfiles,
@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(proofs > LIGHT_LOAD_PROOFS, "--proofs must exceed {LIGHT_LOAD_PROOFS}");
     let db = TestDb::create().await?;
     let options = KubeOptions { pools: Vec::new(), capacity_wait_secs: 36_000, ..Default::default() };
-    let env = KubeEnv::create(&db.url, &redis_url(), &options)?;
+    let env = KubeEnv::create(&db.url, &db.runner_url().await, &redis_url(), &options)?;
     let admin = kube::Client::try_default().await?;
     let jobs: Api<Job> = Api::namespaced(admin.clone(), &env.namespace);
 
@@ -64,7 +64,14 @@ async fn main() -> anyhow::Result<()> {
     let mut direct = Vec::new();
     for i in 0..BASELINE_CREATES {
         let proof_id = format!("baseline-{i}");
-        let spec = RunnerSpec { runner_id: job_name(&proof_id, "execute", 0), proof_id, stages: vec![Stage::Execute], deadline_secs: 3600 };
+        let spec = RunnerSpec {
+            runner_id: job_name(&proof_id, "execute", 0),
+            proof_id,
+            stages: vec![Stage::Execute],
+            deadline_secs: 3600,
+            share: Share { requester: "bench".into(), weight: 1, max_gpu_runners: None },
+            runner_token: None,
+        };
         let job = build_job(&spec, &profiles.for_group(&spec.stages), &settings, false);
         let started = Instant::now();
         jobs.create(&PostParams::default(), &job).await?;
