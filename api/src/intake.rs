@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use proofjobs_pipeline::{
-    artifacts::ArtifactStore,
+    artifacts::{self, ArtifactStore},
     ids,
     stage::{Mode, Stage},
     state::{Db, InsertOutcome, NewProof, NewTask, Quota},
@@ -13,16 +13,25 @@ use sp1_prover_types::{Artifact, ArtifactClient, ArtifactType, TaskType};
 use sp1_sdk::SP1Stdin;
 use tonic::Status;
 
+use crate::program_check::validate_program;
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_program_bytes: usize,
+    /// Memory a program's loadable segments may claim (see `program_check.rs`).
+    pub max_program_memory: u64,
     pub max_stdin_bytes: usize,
     pub default_deadline: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_program_bytes: 256 << 20, max_stdin_bytes: 1 << 30, default_deadline: std::time::Duration::from_secs(4 * 3600) }
+        Limits {
+            max_program_bytes: 256 << 20,
+            max_program_memory: crate::program_check::DEFAULT_MAX_PROGRAM_MEMORY,
+            max_stdin_bytes: 1 << 30,
+            default_deadline: std::time::Duration::from_secs(4 * 3600),
+        }
     }
 }
 
@@ -120,7 +129,7 @@ impl Intake {
         let quota = self.quota(&request.owner).await?;
         let deadline = self.deadline(request.deadline, &quota, &request.owner)?;
         let cycle_limit = cycle_limit(request.cycle_limit, &quota, &request.owner)?;
-        validate_program(&program)?;
+        let program = validate_program(program, self.limits.max_program_memory).await?;
         validate_stdin(&stdin)?;
         if let Some(key) = &request.idempotency_key {
             if let Some(existing) = self.existing_for_key(&request.owner, key).await? {
@@ -177,11 +186,24 @@ impl Intake {
                 return Err(absent(what, id));
             }
         }
-        let program: Vec<u8> =
-            self.store.download_program(&Artifact(program_artifact.clone())).await.map_err(|e| {
+        // Decoded with a cap: a small stored value may claim to expand without bound.
+        let limit = self.limits.max_program_bytes + 8;
+        let stored = self.store.download_limited(&program_artifact, limit).await.map_err(|e| {
+            if artifacts::is_too_large(&e) {
+                Status::resource_exhausted(format!(
+                    "program artifact {program_artifact} decodes to more than {limit} bytes, over this server's limit of {} bytes for a program",
+                    self.limits.max_program_bytes
+                ))
+            } else if artifacts::is_transient(&e) {
+                store_error(e)
+            } else {
                 Status::invalid_argument(format!("program artifact {program_artifact} is not a bincode-serialized ELF: {e:#}"))
-            })?;
-        validate_program(&program)?;
+            }
+        })?;
+        let program: Vec<u8> = bincode::deserialize(&stored)
+            .map_err(|e| Status::invalid_argument(format!("program artifact {program_artifact} is not a bincode-serialized ELF: {e}")))?;
+        drop(stored);
+        validate_program(program, self.limits.max_program_memory).await?;
         let proof_artifact = match proof_artifact {
             Some(id) if !id.is_empty() => {
                 // Never overwrite data that exists or that another request will write.
@@ -287,15 +309,6 @@ fn first_task(mode: Mode, program: &str, stdin: &str, output: &str, cycle_limit:
         parent_id: None,
         requester: String::new(),
     }
-}
-
-pub fn validate_program(program: &[u8]) -> Result<(), Status> {
-    if program.is_empty() {
-        return Err(Status::invalid_argument("program is empty"));
-    }
-    sp1_core_executor::Program::from(program)
-        .map(|_| ())
-        .map_err(|e| Status::invalid_argument(format!("program is not a valid SP1 RISC-V ELF: {e}")))
 }
 
 pub fn validate_stdin(stdin: &[u8]) -> Result<(), Status> {

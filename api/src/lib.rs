@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cluster;
 pub mod health;
 pub mod intake;
+pub mod program_check;
 pub mod server;
 pub mod service;
 

@@ -20,6 +20,10 @@ struct Args {
     max_stdin_bytes: usize,
     #[arg(long, env = "PROOFJOBS_MAX_PROGRAM_BYTES", default_value_t = 256 << 20)]
     max_program_bytes: usize,
+    /// Memory a program's loadable segments may claim in all; a program claiming more is refused
+    /// before SP1's loader builds its memory image.
+    #[arg(long, env = "PROOFJOBS_MAX_PROGRAM_MEMORY_BYTES", default_value_t = proofjobs_api::program_check::DEFAULT_MAX_PROGRAM_MEMORY)]
+    max_program_memory_bytes: u64,
     #[arg(long, env = "PROOFJOBS_DEFAULT_DEADLINE_SECS", default_value_t = 4 * 3600)]
     default_deadline_secs: u64,
     /// `keys`: every call needs a bearer API key (`proofctl admin keys create`). `none`: no
@@ -46,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let notifications = Notifications::listen(&db).await?;
     let limits = Limits {
         max_program_bytes: args.max_program_bytes,
+        max_program_memory: args.max_program_memory_bytes,
         max_stdin_bytes: args.max_stdin_bytes,
         default_deadline: std::time::Duration::from_secs(args.default_deadline_secs),
     };

@@ -39,6 +39,12 @@ pub fn encode(data: &[u8]) -> Result<Vec<u8>> {
 /// Decodes a stored value of artifact `id` back into the bytes given to [`encode`] (or, for a
 /// sp1-cluster value, the bytes it compressed).
 pub fn decode(id: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    decode_limited(id, bytes, None)
+}
+
+/// [`decode`], stopping with [`StoreError::TooLarge`] once the output would pass `limit` bytes:
+/// a small value that expands without bound (a decompression bomb) costs at most `limit`.
+pub fn decode_limited(id: &str, bytes: &[u8], limit: Option<usize>) -> Result<Vec<u8>> {
     if !bytes.starts_with(&ZSTD_MAGIC) {
         return Err(StoreError::Corrupt(format!(
             "artifact {id}: not an artifact value (starts with {})",
@@ -48,8 +54,11 @@ pub fn decode(id: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     }
     // Any damage is reported as a checksum mismatch, whether zstd's checksum caught it or it
     // broke the frame itself.
-    decompress(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("checksum mismatch for artifact {id}: the stored value is damaged ({e})")).into())
+    match decompress(bytes, limit) {
+        Ok(Some(out)) => Ok(out),
+        Ok(None) => Err(StoreError::TooLarge(format!("artifact {id} decodes to more than {} bytes", limit.unwrap_or_default())).into()),
+        Err(e) => Err(StoreError::Corrupt(format!("checksum mismatch for artifact {id}: the stored value is damaged ({e})")).into()),
+    }
 }
 
 /// [`encode`] on the blocking pool when `data` is big.
@@ -61,26 +70,41 @@ pub async fn encode_async(data: Vec<u8>) -> Result<Vec<u8>> {
 }
 
 /// [`decode`] on the blocking pool when `bytes` is big.
-pub async fn decode_async(id: &str, bytes: Vec<u8>) -> Result<Vec<u8>> {
-    if bytes.len() < BLOCKING_THRESHOLD {
-        return decode(id, &bytes);
+pub async fn decode_async(id: &str, bytes: Vec<u8>, limit: Option<usize>) -> Result<Vec<u8>> {
+    if bytes.len() < BLOCKING_THRESHOLD && limit.is_none_or(|l| l < BLOCKING_THRESHOLD) {
+        return decode_limited(id, &bytes, limit);
     }
     let id = id.to_string();
-    tokio::task::spawn_blocking(move || decode(&id, &bytes))
+    tokio::task::spawn_blocking(move || decode_limited(&id, &bytes, limit))
         .await
         .map_err(|e| StoreError::Other(format!("decompression task failed: {e}")))?
 }
 
-/// Decompresses one or more concatenated zstd frames.
-fn decompress(src: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Decompresses one or more concatenated zstd frames; `None` when the output passes `limit`.
+fn decompress(src: &[u8], limit: Option<usize>) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
     // Pre-size from the first frame's declared size when it has one (capped: it is untrusted).
+    let cap = limit.unwrap_or(1 << 32);
     let hint = match zstd::zstd_safe::get_frame_content_size(src) {
-        Ok(Some(n)) => n.min(1 << 32) as usize,
-        _ => src.len().saturating_mul(2),
+        Ok(Some(n)) => n.min(cap as u64) as usize,
+        _ => src.len().saturating_mul(2).min(cap),
     };
     let mut out = Vec::with_capacity(hint);
-    zstd::stream::copy_decode(src, &mut out)?;
-    Ok(out)
+    let decoder = zstd::stream::read::Decoder::new(src)?;
+    match limit {
+        // One byte past the limit tells "too large" from "exactly the limit".
+        Some(limit) => {
+            decoder.take(limit as u64 + 1).read_to_end(&mut out)?;
+            if out.len() > limit {
+                return Ok(None);
+            }
+        }
+        None => {
+            let mut decoder = decoder;
+            decoder.read_to_end(&mut out)?;
+        }
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -153,6 +177,22 @@ pub(crate) mod tests {
     async fn async_variants() {
         let data = random_bytes(1 << 20, 3);
         let enc = encode_async(data.clone()).await.unwrap();
-        assert_eq!(decode_async("a", enc).await.unwrap(), data);
+        assert_eq!(decode_async("a", enc, None).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_decompression_bomb_stops_at_the_limit() {
+        // 1 GiB of zeros compresses to a few tens of KiB; decoding it with a 1 MiB limit stops there.
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        std::io::copy(&mut std::io::Read::take(std::io::repeat(0), 1 << 30), &mut encoder).unwrap();
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        let err = decode_async("bomb", bomb.clone(), Some(1 << 20)).await.unwrap_err();
+        assert!(err.to_string().contains("decodes to more than 1048576 bytes"), "{err}");
+        assert!(crate::artifacts::is_too_large(&err));
+        // Exactly at the limit is fine.
+        let exact = encode(&vec![7u8; 4096]).unwrap();
+        assert_eq!(decode_limited("x", &exact, Some(4096)).unwrap().len(), 4096);
+        assert!(decode_limited("x", &exact, Some(4095)).is_err());
     }
 }

@@ -27,6 +27,16 @@ impl FsStore {
         Ok(FsStore { root })
     }
 
+    /// The stored (encoded) bytes of an artifact.
+    pub(crate) async fn fetch_encoded(&self, id: &str) -> Result<Vec<u8>> {
+        let path = self.path_of(id)?;
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound(id.to_string()).into()),
+            Err(e) => Err(StoreError::Other(format!("reading {}: {e}", path.display())).into()),
+        }
+    }
+
     /// `file://<root>`, for logs.
     pub fn describe(&self) -> String {
         format!("file://{}", self.root.display())
@@ -79,13 +89,7 @@ impl ArtifactClient for FsStore {
 
     async fn download_raw(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<Vec<u8>> {
         let id = artifact.id();
-        let path = self.path_of(id)?;
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound(id.to_string()).into()),
-            Err(e) => return Err(StoreError::Other(format!("reading {}: {e}", path.display())).into()),
-        };
-        codec::decode_async(id, bytes).await
+        codec::decode_async(id, self.fetch_encoded(id).await?, None).await
     }
 
     async fn exists(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<bool> {

@@ -44,6 +44,10 @@ pub enum StoreError {
     /// The stored bytes are damaged or are not an artifact value.
     #[error("corrupt artifact: {0}")]
     Corrupt(String),
+    /// The artifact decodes to more bytes than the reader allows (a decompression bomb, or
+    /// just more than a limit).
+    #[error("artifact too large: {0}")]
+    TooLarge(String),
     /// Anything else (bad id, local I/O error, ...).
     #[error("artifact store error: {0}")]
     Other(String),
@@ -62,6 +66,11 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
         }
         false
     })
+}
+
+/// True when `err` says the artifact decodes to more than the reader's limit.
+pub fn is_too_large(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| matches!(e.downcast_ref::<StoreError>(), Some(StoreError::TooLarge(_))))
 }
 
 /// True when `err` says the artifact does not exist.
@@ -123,6 +132,16 @@ impl ArtifactStore {
             ArtifactStore::Redis(s) => s.ping().await,
             ArtifactStore::Fs(s) => s.ping().await,
         }
+    }
+
+    /// An artifact's bytes, refusing (with [`StoreError::TooLarge`]) to decode more than `limit`
+    /// of them: for readers of untrusted values, such as the api checking what a client stored.
+    pub async fn download_limited(&self, id: &str, limit: usize) -> Result<Vec<u8>> {
+        let encoded = match self {
+            ArtifactStore::Redis(s) => s.fetch_encoded(id).await?,
+            ArtifactStore::Fs(s) => s.fetch_encoded(id).await?,
+        };
+        codec::decode_async(id, encoded, Some(limit)).await
     }
 
     /// Puts (or replaces) an expiry on an artifact, e.g. on a program or stdin once its proof

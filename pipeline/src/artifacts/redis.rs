@@ -135,6 +135,17 @@ impl RedisStore {
         Ok(RedisStore { inner: Arc::new(Inner { client, conn: OnceCell::new(), config, described, memory: Mutex::new(None) }) })
     }
 
+    /// The stored (encoded) bytes of an artifact: its inline value, or its chunks.
+    pub(crate) async fn fetch_encoded(&self, id: &str) -> Result<Vec<u8>> {
+        let mut conn = self.conn().await?;
+        let inline: Option<Vec<u8>> =
+            ::redis::cmd("GET").arg(id).query_async(&mut conn).await.map_err(|e| map_redis(e, format_args!("reading artifact {id}")))?;
+        match inline {
+            Some(bytes) => Ok(bytes),
+            None => self.read_chunks(&mut conn, id).await,
+        }
+    }
+
     /// The URL without password, for logs.
     pub fn describe(&self) -> String {
         self.inner.described.clone()
@@ -352,14 +363,7 @@ impl ArtifactClient for RedisStore {
 
     async fn download_raw(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<Vec<u8>> {
         let id = artifact.id();
-        let mut conn = self.conn().await?;
-        let inline: Option<Vec<u8>> =
-            ::redis::cmd("GET").arg(id).query_async(&mut conn).await.map_err(|e| map_redis(e, format_args!("reading artifact {id}")))?;
-        let bytes = match inline {
-            Some(bytes) => bytes,
-            None => self.read_chunks(&mut conn, id).await?,
-        };
-        codec::decode_async(id, bytes).await
+        codec::decode_async(id, self.fetch_encoded(id).await?, None).await
     }
 
     async fn exists(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<bool> {
