@@ -99,14 +99,8 @@ fn each_image_runs_its_binary_as_a_non_root_user_with_no_build_tools() {
 fn runner_wrapper(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("task-runner-in-image");
     let conf = std::env::var("HOME").map(|h| format!("{h}/.cache/proofjobs/images/containers.conf")).unwrap();
-    let vars = [
-        "PROOFJOBS_PROOF_ID",
-        "PROOFJOBS_STAGES",
-        "PROOFJOBS_RUNNER_ID",
-        "PROOFJOBS_RUNNER_BACKEND",
-        "DATABASE_URL",
-        "PROOFJOBS_ARTIFACT_STORE",
-    ];
+    use proofjobs_pipeline::runner_env::*;
+    let vars = [PROOF_ID, STAGES, RUNNER_ID, RUNNER_BACKEND, DATABASE_URL, ARTIFACT_STORE, RUNNER_TOKEN];
     let env_args: String = vars.iter().map(|v| format!(" --env {v}")).collect();
     let script = format!(
         "#!/bin/sh\nexport CONTAINERS_CONF={conf}\nexec podman run --cidfile {cid}/$PROOFJOBS_RUNNER_ID.cid --network host \
