@@ -1,6 +1,6 @@
 //! `proofctl admin keys|quota|usage|prices|runner-login ...`: API keys, requesters' quotas, usage
-//! and prices, and the runners' database login, managed in the cluster's database directly — which is also how the first admin key comes to exist, before any key
-//! could authorise an RPC.
+//! and prices, and the runners' database login, managed in the cluster's database directly —
+//! which is also how the first admin key comes to exist, before any key could authorise an RPC.
 
 use anyhow::Result;
 use chrono::Utc;
@@ -135,37 +135,30 @@ async fn usage(db: &Db, since: &str) -> Result<()> {
         "{:<24} {:>7} {:>13} {:>13} {:>15} {:>15} {:>12}",
         "requester", "proofs", "cpu-task-s", "gpu-task-s", "cpu-runner-s", "gpu-runner-s", "est-cost-usd"
     );
-    let mut total = proofjobs_pipeline::state::Usage::default();
-    let mut proofs = 0;
-    for row in &rows {
-        let u = &row.usage;
-        let name = if row.owner.is_empty() { "(none)" } else { row.owner.as_str() };
+    let line = |name: &str, proofs: i64, u: &proofjobs_pipeline::state::Usage| {
         println!(
             "{:<24} {:>7} {:>13.1} {:>13.1} {:>15.1} {:>15.1} {:>12.4}",
             name,
-            row.proofs,
+            proofs,
             u.cpu_task_secs,
             u.gpu_task_secs,
             u.cpu_runner_secs,
             u.gpu_runner_secs,
             u.estimated_cost_usd(&prices)
-        );
+        )
+    };
+    let mut total = proofjobs_pipeline::state::Usage::default();
+    let mut proofs = 0;
+    for row in &rows {
+        let u = &row.usage;
+        line(if row.owner.is_empty() { "(none)" } else { row.owner.as_str() }, row.proofs, u);
         proofs += row.proofs;
         total.cpu_task_secs += u.cpu_task_secs;
         total.gpu_task_secs += u.gpu_task_secs;
         total.cpu_runner_secs += u.cpu_runner_secs;
         total.gpu_runner_secs += u.gpu_runner_secs;
     }
-    println!(
-        "{:<24} {:>7} {:>13.1} {:>13.1} {:>15.1} {:>15.1} {:>12.4}",
-        "total",
-        proofs,
-        total.cpu_task_secs,
-        total.gpu_task_secs,
-        total.cpu_runner_secs,
-        total.gpu_runner_secs,
-        total.estimated_cost_usd(&prices)
-    );
+    line("total", proofs, &total);
     Ok(())
 }
 
