@@ -121,6 +121,7 @@ impl ClusterService for ClusterApi {
             gas_limit: Some(r.gas_limit),
             scheduled_by: r.scheduled_by,
             stdin_private: r.stdin_private,
+            quote_id: None,
         };
         let (_, created) =
             self.intake.create_for_artifacts(request, r.program_artifact_id, r.stdin_artifact_id, r.proof_artifact_id).await?;

@@ -22,6 +22,7 @@ pub struct Limits {
     pub max_program_memory: u64,
     pub max_stdin_bytes: usize,
     pub default_deadline: std::time::Duration,
+    pub quotes: crate::quote::Settings,
 }
 
 impl Default for Limits {
@@ -31,6 +32,7 @@ impl Default for Limits {
             max_program_memory: crate::program_check::DEFAULT_MAX_PROGRAM_MEMORY,
             max_stdin_bytes: 1 << 30,
             default_deadline: std::time::Duration::from_secs(4 * 3600),
+            quotes: crate::quote::Settings::default(),
         }
     }
 }
@@ -50,6 +52,8 @@ pub struct Request {
     pub gas_limit: Option<u64>,
     pub scheduled_by: Option<String>,
     pub stdin_private: bool,
+    /// The caller's quote this proof follows (see `quote.rs`).
+    pub quote_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -87,6 +91,25 @@ impl Intake {
     /// The requester's quota, read before anything is stored.
     async fn quota(&self, owner: &str) -> Result<Quota, Status> {
         self.db.quota_of(owner).await.map_err(internal)
+    }
+
+    /// A quote named by a submission must be the caller's own (another's is "not found", like one
+    /// that does not exist) and for the mode asked for.
+    async fn check_quote(&self, request: &Request) -> Result<(), Status> {
+        let Some(id) = &request.quote_id else { return Ok(()) };
+        match self.db.get_quote(id).await.map_err(internal)? {
+            Some(quote) if quote.owner == request.owner => {
+                if quote.mode != request.mode {
+                    return Err(Status::invalid_argument(format!(
+                        "quote {id} is for a {} proof, not {}",
+                        quote.mode.as_str(),
+                        request.mode.as_str()
+                    )));
+                }
+                Ok(())
+            }
+            _ => Err(Status::not_found(format!("no quote with id {id:?}"))),
+        }
     }
 
     /// The proof's deadline: the requested one, or the server's default; within the requester's
@@ -129,6 +152,7 @@ impl Intake {
         let quota = self.quota(&request.owner).await?;
         let deadline = self.deadline(request.deadline, &quota, &request.owner)?;
         let cycle_limit = cycle_limit(request.cycle_limit, &quota, &request.owner)?;
+        self.check_quote(&request).await?;
         let program = validate_program(program, self.limits.max_program_memory).await?;
         validate_stdin(&stdin)?;
         if let Some(key) = &request.idempotency_key {
@@ -260,6 +284,7 @@ impl Intake {
             gas_limit: request.gas_limit.filter(|g| *g > 0).map(|g| g as i64),
             scheduled_by: request.scheduled_by,
             stdin_private: request.stdin_private,
+            quote_id: request.quote_id,
         };
         match self.db.insert_proof(&proof, &first_task).await.map_err(internal)? {
             InsertOutcome::Created => {

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod health;
 pub mod intake;
 pub mod program_check;
+pub mod quote;
 pub mod server;
 pub mod service;
 

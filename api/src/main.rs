@@ -26,6 +26,13 @@ struct Args {
     max_program_memory_bytes: u64,
     #[arg(long, env = "PROOFJOBS_DEFAULT_DEADLINE_SECS", default_value_t = 4 * 3600)]
     default_deadline_secs: u64,
+    /// Quotes: seconds a GPU node takes to start and pull the runner image, added to the ETA of
+    /// a mode that runs on GPU runners when none ran within --quote-gpu-node-idle-secs.
+    #[arg(long, env = "PROOFJOBS_QUOTE_GPU_SCALE_UP_SECS", default_value_t = 240)]
+    quote_gpu_scale_up_secs: u64,
+    /// Quotes: how long a GPU node stays up after its last runner (the autoscaler's scale-down delay).
+    #[arg(long, env = "PROOFJOBS_QUOTE_GPU_NODE_IDLE_SECS", default_value_t = 600)]
+    quote_gpu_node_idle_secs: u64,
     /// `keys`: every call needs a bearer API key (`proofctl admin keys create`). `none`: no
     /// authentication at all, every caller an admin — only behind a network you trust.
     #[arg(long, env = "PROOFJOBS_AUTH", default_value = "keys", value_parser = ["keys", "none"])]
@@ -53,6 +60,10 @@ async fn main() -> anyhow::Result<()> {
         max_program_memory: args.max_program_memory_bytes,
         max_stdin_bytes: args.max_stdin_bytes,
         default_deadline: std::time::Duration::from_secs(args.default_deadline_secs),
+        quotes: proofjobs_api::quote::Settings {
+            gpu_scale_up: std::time::Duration::from_secs(args.quote_gpu_scale_up_secs),
+            gpu_node_idle: std::time::Duration::from_secs(args.quote_gpu_node_idle_secs),
+        },
     };
     let auth = match args.auth.as_str() {
         "none" => {

@@ -16,6 +16,7 @@ use crate::{
     auth::Caller,
     intake::{self, internal, store_error, Intake},
     proto::{self, prover_service_server::ProverService, submit_request::Part},
+    quote,
 };
 
 const CHUNK: usize = 1 << 20;
@@ -38,6 +39,53 @@ impl ProverApi {
             Some(row) if caller.may_see(&row) => Ok(row),
             _ => Err(Status::not_found(format!("no proof with id {id:?}"))),
         }
+    }
+
+    /// A Submit-style upload: the header, then program and stdin chunks, each size checked as it
+    /// grows so that an oversized upload is refused before it is held in memory.
+    async fn read_upload(
+        &self,
+        mut stream: Streaming<proto::SubmitRequest>,
+        caller: Caller,
+    ) -> Result<(intake::Request, Vec<u8>, Vec<u8>), Status> {
+        let header = match stream.next().await {
+            Some(Ok(proto::SubmitRequest { part: Some(Part::Header(h)) })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("the first Submit message must be the header")),
+        };
+        let mode: Mode = header.mode.parse().map_err(Status::invalid_argument)?;
+        self.intake.check_program_size(header.program_size as usize)?;
+        self.intake.check_stdin_size(header.stdin_size as usize)?;
+        let mut program = Vec::with_capacity(header.program_size.min(64 << 20) as usize);
+        let mut stdin = Vec::with_capacity(header.stdin_size.min(64 << 20) as usize);
+        while let Some(message) = stream.next().await {
+            match message?.part {
+                Some(Part::ProgramChunk(chunk)) => {
+                    program.extend_from_slice(&chunk);
+                    self.intake.check_program_size(program.len())?;
+                }
+                Some(Part::StdinChunk(chunk)) => {
+                    stdin.extend_from_slice(&chunk);
+                    self.intake.check_stdin_size(stdin.len())?;
+                }
+                Some(Part::Header(_)) => return Err(Status::invalid_argument("only one header per Submit")),
+                None => {}
+            }
+        }
+        let request = intake::Request {
+            proof_id: None,
+            mode,
+            deadline: Some(header.deadline).filter(|d| *d > 0),
+            cycle_limit: Some(header.cycle_limit).filter(|c| *c > 0),
+            idempotency_key: Some(header.idempotency_key).filter(|k| !k.is_empty()),
+            requester: Vec::new(),
+            owner: caller.requester,
+            gas_limit: None,
+            scheduled_by: None,
+            stdin_private: false,
+            quote_id: Some(header.quote_id).filter(|q| !q.is_empty()),
+        };
+        Ok((request, program, stdin))
     }
 
     async fn describe(&self, row: &ProofRow) -> Result<proto::Proof, Status> {
@@ -79,6 +127,10 @@ impl ProverApi {
             finished_at: row.finished_at.map(|t| t.timestamp() as u64).unwrap_or(0),
             deadline: row.deadline.timestamp() as u64,
             waiting: row.waiting.clone().unwrap_or_default(),
+            quote: match &row.quote_id {
+                Some(id) => self.intake.db.get_quote(id).await.map_err(internal)?.map(|q| quote::check(&q, row, &usage)),
+                None => None,
+            },
             usage: Some(usage),
         })
     }
@@ -90,45 +142,21 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl ProverService for ProverApi {
     async fn submit(&self, request: Request<Streaming<proto::SubmitRequest>>) -> Result<Response<proto::SubmitResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let mut stream = request.into_inner();
-        let header = match stream.next().await {
-            Some(Ok(proto::SubmitRequest { part: Some(Part::Header(h)) })) => h,
-            Some(Err(e)) => return Err(e),
-            _ => return Err(Status::invalid_argument("the first Submit message must be the header")),
-        };
-        let mode: Mode = header.mode.parse().map_err(Status::invalid_argument)?;
-        self.intake.check_program_size(header.program_size as usize)?;
-        self.intake.check_stdin_size(header.stdin_size as usize)?;
-        let mut program = Vec::with_capacity(header.program_size.min(64 << 20) as usize);
-        let mut stdin = Vec::with_capacity(header.stdin_size.min(64 << 20) as usize);
-        while let Some(message) = stream.next().await {
-            match message?.part {
-                Some(Part::ProgramChunk(chunk)) => {
-                    program.extend_from_slice(&chunk);
-                    self.intake.check_program_size(program.len())?;
-                }
-                Some(Part::StdinChunk(chunk)) => {
-                    stdin.extend_from_slice(&chunk);
-                    self.intake.check_stdin_size(stdin.len())?;
-                }
-                Some(Part::Header(_)) => return Err(Status::invalid_argument("only one header per Submit")),
-                None => {}
-            }
-        }
-        let request = intake::Request {
-            proof_id: None,
-            mode,
-            deadline: Some(header.deadline).filter(|d| *d > 0),
-            cycle_limit: Some(header.cycle_limit).filter(|c| *c > 0),
-            idempotency_key: Some(header.idempotency_key).filter(|k| !k.is_empty()),
-            requester: Vec::new(),
-            owner: caller.requester,
-            gas_limit: None,
-            scheduled_by: None,
-            stdin_private: false,
-        };
+        let (request, program, stdin) = self.read_upload(request.into_inner(), caller).await?;
         let (proof_id, created) = self.intake.submit(request, program, stdin).await?;
         Ok(Response::new(proto::SubmitResponse { proof_id, created }))
+    }
+
+    async fn quote(&self, request: Request<Streaming<proto::SubmitRequest>>) -> Result<Response<proto::QuoteResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        let (request, program, stdin) = self.read_upload(request.into_inner(), caller).await?;
+        if request.quote_id.is_some() || request.idempotency_key.is_some() {
+            return Err(Status::invalid_argument(
+                "a Quote takes neither quote_id nor idempotency_key (each quote executes the program anew)",
+            ));
+        }
+        let mode = request.mode;
+        Ok(Response::new(quote::quote(&self.intake, &self.notifications, mode, request, program, stdin).await?))
     }
 
     async fn get(&self, request: Request<proto::GetRequest>) -> Result<Response<proto::Proof>, Status> {

@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use proofjobs_api::auth::{Bearer, ProverClient as ApiClient};
 use proofjobs_api::proto::{
-    prover_service_client::ProverServiceClient, submit_request::Part, GetProofRequest, Proof, SubmitHeader, SubmitRequest, WatchRequest,
+    prover_service_client::ProverServiceClient, submit_request::Part, GetProofRequest, Proof, QuoteResponse, SubmitHeader, SubmitRequest,
+    WatchRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -54,9 +55,11 @@ pub struct Submission {
     pub deadline: u64,
     pub cycle_limit: u64,
     pub idempotency_key: String,
+    pub quote_id: String,
 }
 
-pub async fn submit(client: &mut ApiClient, s: Submission, program: Vec<u8>, stdin: Vec<u8>) -> Result<String> {
+/// The Submit/Quote upload: the header, then program and stdin in chunks.
+fn upload(s: Submission, program: Vec<u8>, stdin: Vec<u8>) -> impl futures::Stream<Item = SubmitRequest> {
     let mut messages = vec![SubmitRequest {
         part: Some(Part::Header(SubmitHeader {
             mode: s.mode,
@@ -65,12 +68,22 @@ pub async fn submit(client: &mut ApiClient, s: Submission, program: Vec<u8>, std
             idempotency_key: s.idempotency_key,
             program_size: program.len() as u64,
             stdin_size: stdin.len() as u64,
+            quote_id: s.quote_id,
         })),
     }];
     messages.extend(program.chunks(CHUNK).map(|c| SubmitRequest { part: Some(Part::ProgramChunk(c.to_vec())) }));
     messages.extend(stdin.chunks(CHUNK).map(|c| SubmitRequest { part: Some(Part::StdinChunk(c.to_vec())) }));
-    let response = client.submit(futures::stream::iter(messages)).await.map_err(status_error)?;
+    futures::stream::iter(messages)
+}
+
+pub async fn submit(client: &mut ApiClient, s: Submission, program: Vec<u8>, stdin: Vec<u8>) -> Result<String> {
+    let response = client.submit(upload(s, program, stdin)).await.map_err(status_error)?;
     Ok(response.into_inner().proof_id)
+}
+
+/// Executes the program on the cluster and returns the estimate for `s.mode`.
+pub async fn quote(client: &mut ApiClient, s: Submission, program: Vec<u8>, stdin: Vec<u8>) -> Result<QuoteResponse> {
+    Ok(client.quote(upload(s, program, stdin)).await.map_err(status_error)?.into_inner())
 }
 
 /// Follow a proof until it finishes, drawing a bar per stage (or log lines when `quiet`).

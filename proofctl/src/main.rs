@@ -12,7 +12,7 @@ use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use proofjobs_api::proto::{CancelRequest, GetRequest, ListRequest, Proof};
+use proofjobs_api::proto::{CancelRequest, Estimate, GetRequest, ListRequest, Proof, QuoteCheck, QuoteResponse};
 
 #[derive(Parser)]
 #[command(name = "proofctl", version, about = "Submit, follow and verify SP1 proofs on proofjobs")]
@@ -50,6 +50,10 @@ pub struct ProveArgs {
     /// A repeated key returns the earlier proof instead of a new one.
     #[arg(long, default_value = "")]
     idempotency_key: String,
+    /// The id `proofctl quote` printed for this program and mode: `get` then shows the quote's
+    /// estimate next to what the proof took.
+    #[arg(long, default_value = "")]
+    quote: String,
     /// Print progress as log lines instead of bars.
     #[arg(long)]
     quiet: bool,
@@ -70,6 +74,14 @@ enum Command {
     },
     /// Submit a proof to a cluster and print its id.
     Submit {
+        #[command(flatten)]
+        args: ProveArgs,
+        #[arg(long, env = "PROOFJOBS_API")]
+        api: String,
+    },
+    /// Execute a program on a cluster and estimate what proving it in --mode would take (time,
+    /// task- and runner-seconds, cost), from the cluster's own completed proofs.
+    Quote {
         #[command(flatten)]
         args: ProveArgs,
         #[arg(long, env = "PROOFJOBS_API")]
@@ -164,6 +176,13 @@ async fn run(command: Command) -> Result<()> {
             println!("{id}");
             Ok(())
         }
+        Command::Quote { args, api } => {
+            let mut client = client::connect(&api).await?;
+            let (program, stdin) = inputs::load(&args.elf, args.stdin.as_deref())?;
+            let quote = client::quote(&mut client, submission(&args), program, stdin).await?;
+            print_quote(&quote);
+            Ok(())
+        }
         Command::Watch { proof_id, api, quiet } => {
             let mut client = client::connect(&api).await?;
             let proof = client::watch(&mut client, &proof_id, quiet).await?;
@@ -216,7 +235,13 @@ fn submission(args: &ProveArgs) -> client::Submission {
     } else {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + args.deadline_secs
     };
-    client::Submission { mode: args.mode.clone(), deadline, cycle_limit: args.cycle_limit, idempotency_key: args.idempotency_key.clone() }
+    client::Submission {
+        mode: args.mode.clone(),
+        deadline,
+        cycle_limit: args.cycle_limit,
+        idempotency_key: args.idempotency_key.clone(),
+        quote_id: args.quote.clone(),
+    }
 }
 
 async fn prove_remote(api: &str, args: &ProveArgs) -> Result<Proof> {
@@ -336,9 +361,50 @@ fn print_proof(p: &Proof) {
             u.cpu_task_secs, u.gpu_task_secs, u.cpu_runner_secs, u.gpu_runner_secs, u.estimated_cost_usd
         );
     }
+    if let Some(q) = &p.quote {
+        print_quote_check(q);
+    }
     if !p.failure_cause.is_empty() {
         println!("cause: {}", p.failure_cause);
     }
+}
+
+fn estimate_line(e: &Estimate) -> String {
+    let u = e.usage.unwrap_or_default();
+    let scale_up =
+        if e.scale_up_secs > 0.0 { format!(" (of which {:.0} s for a GPU node to start)", e.scale_up_secs) } else { String::new() };
+    format!(
+        "{:.1} s{scale_up}; tasks {:.1} s CPU, {:.1} s GPU; runners {:.1} s CPU, {:.1} s GPU; cost ${:.4}",
+        e.eta_secs, u.cpu_task_secs, u.gpu_task_secs, u.cpu_runner_secs, u.gpu_runner_secs, u.estimated_cost_usd
+    )
+}
+
+fn print_quote(q: &QuoteResponse) {
+    println!("quote {}  mode {}  cycles {}", q.quote_id, q.mode, q.cycles);
+    match (&q.estimate, q.basis_proofs) {
+        (_, 0) => println!("no completed {} proof on this cluster yet: no estimate beyond the cycles", q.mode),
+        (Some(e), n) => println!("estimate from {n} completed {} proof(s): {}", q.mode, estimate_line(e)),
+        (None, _) => {}
+    }
+    println!("submit with --quote {} to compare the estimate with the actual figures", q.quote_id);
+}
+
+fn print_quote_check(q: &QuoteCheck) {
+    if let Some(e) = &q.estimated {
+        println!("quote {}: estimated {}", q.quote_id, estimate_line(e));
+    }
+    let Some(actual) = q.actual_usage else { return };
+    let pct = |e: Option<f64>| e.map_or("n/a".to_string(), |e| format!("{e:+.0}%"));
+    println!(
+        "  actual {:.1} s; tasks {:.1} s CPU, {:.1} s GPU; error: time {}, CPU tasks {}, GPU tasks {}, cost {}",
+        q.actual_secs,
+        actual.cpu_task_secs,
+        actual.gpu_task_secs,
+        pct(q.eta_error_pct),
+        pct(q.cpu_task_secs_error_pct),
+        pct(q.gpu_task_secs_error_pct),
+        pct(q.cost_error_pct)
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -396,6 +396,7 @@ pub fn submit_messages(
             idempotency_key: String::new(),
             program_size: program.len() as u64,
             stdin_size: stdin.len() as u64,
+            quote_id: String::new(),
         })),
     }];
     if !program.is_empty() {
@@ -444,6 +445,7 @@ pub async fn insert_stage_ready_proof_of(
         gas_limit: None,
         scheduled_by: None,
         stdin_private: false,
+        quote_id: None,
     };
     let task = || NewTask {
         id: proofjobs_pipeline::ids::new_task_id(),

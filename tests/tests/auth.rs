@@ -31,6 +31,9 @@ async fn call_every_method(
     out.push(("ProverService/Cancel", prover.cancel(CancelRequest { proof_id: id() }).await.map(drop)));
     out.push(("ProverService/List", prover.list(ListRequest::default()).await.map(drop)));
     out.push(("ProverService/GetProof", prover.get_proof(GetProofRequest { proof_id: id() }).await.map(drop)));
+    // No program: a handler refuses it at once (no execution to wait for).
+    let empty = submit_messages("core", &[], &[], 0, 0);
+    out.push(("ProverService/Quote", prover.quote(futures::stream::iter(empty)).await.map(drop)));
     let create = ProofRequestCreateRequest {
         proof_id: format!("auth_{}", uuid::Uuid::now_v7().simple()),
         program_artifact_id: "artifact_none".into(),
@@ -76,7 +79,7 @@ async fn every_rpc_refuses_missing_malformed_unknown_revoked_and_expired_keys() 
         let mut prover = cluster.client_with_key(key).await;
         let mut service = cluster.cluster_client(Some(key.unwrap_or(""))).await;
         let outcomes = call_every_method(&mut prover, &mut service, "any-proof").await;
-        assert_eq!(outcomes.len(), 14, "every method of both services");
+        assert_eq!(outcomes.len(), 15, "every method of both services");
         for (method, outcome) in outcomes {
             let status = outcome.expect_err(&format!("{case} key: {method} was let through"));
             assert_eq!(status.code(), Code::Unauthenticated, "{case} key, {method}: {status}");

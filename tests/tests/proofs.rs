@@ -270,3 +270,101 @@ async fn sp1_cluster_client_gets_a_verifying_proof() {
     verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
     cluster.shutdown().await;
 }
+
+fn proofctl(cluster: &Cluster, key: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(bin("proofctl"))
+        .args(args)
+        .env("PROOFJOBS_API", &cluster.endpoint)
+        .env("PROOFJOBS_API_KEY", key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// A quote for a real core proof, learned from one earlier core proof on the same cluster:
+/// `proofctl quote` executes the program on the cluster, the proof is submitted with the quote,
+/// and `Get` sets the estimate against the actual time and task-seconds. A quote is its owner's
+/// and for one mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quote_estimates_a_core_proof_from_the_clusters_history() {
+    init_tracing();
+    let _prover = prover_lock().await;
+    let cluster = Cluster::start(None, &[]).await.unwrap();
+    let mut client = cluster.client().await;
+    let dir = cluster.dir.path();
+    let elf = dir.join("fibonacci.elf");
+    std::fs::write(&elf, FIBONACCI_ELF).unwrap();
+    let (history_stdin, quoted_stdin) = (dir.join("history.stdin"), dir.join("quoted.stdin"));
+    std::fs::write(&history_stdin, fibonacci_stdin(fibonacci_n_for_cycles(100_000))).unwrap();
+    std::fs::write(&quoted_stdin, fibonacci_stdin(fibonacci_n_for_cycles(110_000))).unwrap();
+    let (elf_arg, key) = (elf.to_str().unwrap(), cluster.admin_key.clone());
+    let quote = |stdin: &Path| proofctl(&cluster, &key, &["quote", "--elf", elf_arg, "--stdin", stdin.to_str().unwrap(), "--mode", "core"]);
+
+    // Before any core proof there is nothing to learn from: cycles only.
+    let first = quote(&quoted_stdin).unwrap();
+    assert!(first.contains("no completed core proof on this cluster yet"), "{first}");
+
+    // The history: one core proof.
+    let history = proofctl(&cluster, &key, &["submit", "--elf", elf_arg, "--stdin", history_stdin.to_str().unwrap(), "--mode", "core"])
+        .unwrap()
+        .trim()
+        .to_string();
+    let done = wait_finished(&mut client, &history, PROOF_TIMEOUT).await.unwrap();
+    assert_eq!(done.status, "completed", "{}\n{}", done.failure_cause, cluster.runner_logs());
+
+    let printed = quote(&quoted_stdin).unwrap();
+    assert!(printed.contains("estimate from 1 completed core proof(s)"), "{printed}");
+    let quote_id = printed.split_whitespace().nth(1).unwrap().to_string();
+    let db = cluster.db.db().await;
+    let stored = db.get_quote(&quote_id).await.unwrap().expect("the quote is stored");
+    assert!(stored.cycles > 0 && stored.eta_secs > 0.0 && stored.usage.cpu_task_secs > 0.0, "{stored:?}");
+
+    // Someone else cannot name it, and it is for core proofs only.
+    let other = cluster.create_key("someone-else", false).await;
+    let submit_with = |key: &str, mode: &str| {
+        proofctl(
+            &cluster,
+            key,
+            &["submit", "--elf", elf_arg, "--stdin", quoted_stdin.to_str().unwrap(), "--mode", mode, "--quote", &quote_id],
+        )
+    };
+    let refused = submit_with(&other, "core").unwrap_err();
+    assert!(refused.contains("NotFound") && refused.contains("no quote with id"), "{refused}");
+    let refused = submit_with(&key, "compressed").unwrap_err();
+    assert!(refused.contains("InvalidArgument") && refused.contains("is for a core proof"), "{refused}");
+
+    let id = submit_with(&key, "core").unwrap().trim().to_string();
+    let proof = wait_finished(&mut client, &id, PROOF_TIMEOUT).await.unwrap();
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, cluster.runner_logs());
+    assert_eq!(proof.cycles as i64, stored.cycles, "the quote executed the same program and input");
+    let check = proof.quote.expect("Get reports the quote");
+    let actual = check.actual_usage.unwrap();
+    let (eta_error, task_error) = (check.eta_error_pct.unwrap(), check.cpu_task_secs_error_pct.unwrap());
+    eprintln!(
+        "quote vs actual: time {:.1} s est / {:.1} s actual ({eta_error:+.0}%), CPU tasks {:.1} / {:.1} s ({task_error:+.0}%)",
+        stored.eta_secs, check.actual_secs, stored.usage.cpu_task_secs, actual.cpu_task_secs
+    );
+    // The errors are what the cluster measured; off by more than a factor of two is a broken
+    // estimate for a proof 10% longer than the one it learned from.
+    assert!((-50.0..100.0).contains(&eta_error), "time estimate off by {eta_error:+.0}%");
+    assert!((-50.0..100.0).contains(&task_error), "task-seconds estimate off by {task_error:+.0}%");
+    assert_eq!(check.gpu_task_secs_error_pct, None, "no GPU ran here");
+    let shown = proofctl(&cluster, &key, &["get", &id]).unwrap();
+    assert!(shown.contains(&format!("quote {quote_id}: estimated")) && shown.contains("error: time"), "{shown}");
+
+    let path = dir.join("quoted.proof");
+    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    std::fs::write(&path, bytes).unwrap();
+    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    db.close().await;
+    cluster.shutdown().await;
+}

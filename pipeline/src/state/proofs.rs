@@ -68,6 +68,8 @@ pub struct ProofRow {
     pub stdin_private: bool,
     /// Why a pending proof has not started (`queued-over-quota`).
     pub waiting: Option<String>,
+    /// The quote the proof was submitted with, to set its estimate against the actual figures.
+    pub quote_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -100,6 +102,7 @@ pub struct NewProof {
     pub gas_limit: Option<i64>,
     pub scheduled_by: Option<String>,
     pub stdin_private: bool,
+    pub quote_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +165,8 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO proofs (id, mode, program_artifact, stdin_artifact, proof_artifact, cycle_limit, deadline,
-                                 idempotency_key, requester, gas_limit, scheduled_by, stdin_private, owner)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING",
+                                 idempotency_key, requester, gas_limit, scheduled_by, stdin_private, owner, quote_id)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT DO NOTHING",
         )
         .bind(&proof.id)
         .bind(proof.mode)
@@ -178,6 +181,7 @@ impl Db {
         .bind(&proof.scheduled_by)
         .bind(proof.stdin_private)
         .bind(&proof.owner)
+        .bind(&proof.quote_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();

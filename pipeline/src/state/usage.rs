@@ -41,9 +41,9 @@ pub struct RequesterUsage {
 /// Usage of the proofs `proof_filter` selects (`p` is the proofs table), grouped by `group`.
 /// Job rows of the Kubernetes backend stand for their pods, which have rows of their own, so
 /// only the pods' are counted.
-fn usage_query(group: &str, proof_filter: &str) -> String {
+pub(super) fn usage_query(group: &str, proof_filter: &str) -> String {
     format!(
-        "WITH p AS (SELECT id, owner FROM proofs p WHERE {proof_filter}),
+        "WITH p AS (SELECT id, owner, cycles, created_at, finished_at FROM proofs p WHERE {proof_filter}),
          t AS (SELECT t.proof_id, sum(extract(epoch FROM t.finished_at - t.started_at)) FILTER (WHERE r.gpus > 0) AS gpu,
                       sum(extract(epoch FROM t.finished_at - t.started_at)) FILTER (WHERE coalesce(r.gpus, 0) = 0) AS cpu
                FROM tasks t JOIN p ON p.id = t.proof_id LEFT JOIN runners r ON r.id = t.runner_id

@@ -153,6 +153,7 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: Baseline, key_cache: &st
             deadline_secs: 0,
             cycle_limit: 0,
             idempotency_key: String::new(),
+            quote: String::new(),
             quiet: true,
         };
         let executed = crate::prove_embedded(&args, false).await?;
@@ -180,6 +181,7 @@ async fn fibonacci(mcycles: f64, modes: &str, baseline: Baseline, key_cache: &st
                 deadline_secs: 0,
                 cycle_limit: 0,
                 idempotency_key: String::new(),
+                quote: String::new(),
                 quiet: true,
             };
             let run = crate::prove_embedded_measured(&args, std::env::var_os("PROOFJOBS_BENCH_KEEP").is_some()).await?;
