@@ -65,6 +65,17 @@ pub async fn run(args: RunnerEnv, kind: ProverKind) -> i32 {
         }
     };
     if let Err(e) = registered.await {
+        // Refused by the runner role's row-level security: no token, or one for another proof.
+        // Retrying cannot help, so the proof fails at once with the cause instead of waiting out
+        // its retries.
+        if is_permission_denied(&e) {
+            tracing::error!(
+                "the database refused this runner's rows for proof {}: {} is missing or not this proof's ({e:#})",
+                args.proof_id,
+                proofjobs_pipeline::runner_env::RUNNER_TOKEN
+            );
+            return exit::USAGE;
+        }
         tracing::error!("registering runner: {e:#}");
         return exit::TRANSIENT;
     }
@@ -316,6 +327,13 @@ async fn hand_back(db: &Db, runner_id: &str, running: &mut JoinSet<Outcome>) -> 
         Err(e) => tracing::error!("handing tasks back: {e:#}"),
     }
     exit::TRANSIENT
+}
+
+/// PostgreSQL's insufficient_privilege (42501): a grant or a row-level security policy refused.
+fn is_permission_denied(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(cause.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501"))
+    })
 }
 
 fn is_db_error(e: &anyhow::Error) -> bool {

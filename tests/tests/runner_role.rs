@@ -55,7 +55,7 @@ async fn a_runner_reaches_only_the_rows_of_the_proof_its_token_names() {
     assert_eq!(untouched.status, ProofStatus::Pending);
 
     // Tables that are none of a runner's business, and columns it may not change.
-    for table in ["api_keys", "requesters", "runner_tokens", "runner_groups"] {
+    for table in ["api_keys", "requesters", "runner_tokens", "runner_groups", "quotes"] {
         let err = sqlx::query(&format!("SELECT count(*) FROM {table}")).execute(runner.pool()).await.unwrap_err();
         assert!(err.to_string().contains("permission denied"), "{table}: {err}");
     }
@@ -78,5 +78,44 @@ async fn a_runner_reaches_only_the_rows_of_the_proof_its_token_names() {
     runner.close().await;
     assert_eq!(owner.get_proof("own").await.unwrap().unwrap().status, ProofStatus::Failed);
     assert_eq!(owner.list_proofs(&[], None, 10, 0).await.unwrap().len(), 2);
+    owner.close().await;
+}
+
+/// The real runner, started with the runner role but without its proof's token (or with another
+/// proof's): the database refuses its rows, and it exits 64 at once naming the token, so the
+/// proof fails with that cause instead of retrying until its deadline.
+#[tokio::test]
+async fn a_runner_without_its_proofs_token_exits_64_naming_it() {
+    let test_db = TestDb::create().await.unwrap();
+    let owner = test_db.db().await;
+    insert_stage_ready_proof_of(&owner, "team-a", "tokenless", Stage::ProveCore, TaskType::ProveShard, 1).await.unwrap();
+    insert_stage_ready_proof_of(&owner, "team-b", "elsewhere", Stage::ProveCore, TaskType::ProveShard, 1).await.unwrap();
+    let others = owner.issue_runner_token("elsewhere").await.unwrap();
+    for token in [None, Some(others)] {
+        let env = proofjobs_pipeline::runner_env::RunnerEnv {
+            proof_id: "tokenless".into(),
+            stages: vec![Stage::ProveCore],
+            runner_id: None,
+            backend: "local".into(),
+            handle: None,
+            database_url: test_db.runner_url().await,
+            artifact_store: redis_url(),
+            key_cache: None,
+            prover: None,
+            gpu_min_free_gib: None,
+            idle_exit_secs: None,
+            runner_token: token.clone(),
+            gpus: None,
+        };
+        let out = std::process::Command::new(bin("task-runner"))
+            .env_remove(proofjobs_pipeline::runner_env::RUNNER_TOKEN)
+            .envs(env.to_vars())
+            .output()
+            .unwrap();
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(proofjobs_pipeline::exit::USAGE), "token {token:?}: {log}");
+        assert!(log.contains("PROOFJOBS_RUNNER_TOKEN is missing or not this proof's"), "{log}");
+    }
+    assert_eq!(owner.get_proof("tokenless").await.unwrap().unwrap().status, ProofStatus::Pending, "nothing was touched");
     owner.close().await;
 }
