@@ -4,7 +4,11 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use proofjobs_pipeline::{ids, stage::Stage, state::RunnerRow};
+use proofjobs_pipeline::{
+    ids,
+    stage::Stage,
+    state::{Priority, RunnerRow},
+};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone)]
@@ -25,6 +29,7 @@ pub struct Share {
     pub requester: String,
     pub weight: u32,
     pub max_gpu_runners: Option<u32>,
+    pub priority: Priority,
 }
 
 /// A runner that ended, with its exit code when the backend saw one.

@@ -416,7 +416,12 @@ impl<'a> Planner<'a> {
             *running += 1;
             self.actions.push(Action::MarkRunning { proof_id: proof.id.clone() });
         }
-        let share = Share { requester: proof.owner.clone(), weight: quota.weight, max_gpu_runners: quota.max_gpu_runners };
+        let share = Share {
+            requester: proof.owner.clone(),
+            weight: quota.weight,
+            max_gpu_runners: quota.max_gpu_runners,
+            priority: quota.priority,
+        };
         let mut wanted: Vec<Vec<Stage>> = proof.pending_stages.iter().map(|s| self.policy.placement.group_of(*s).to_vec()).collect();
         wanted.sort();
         wanted.dedup();

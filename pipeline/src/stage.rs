@@ -207,6 +207,9 @@ pub mod labels {
     /// were when the Job was created, so the GPU allocation reads every input from the Jobs.
     pub const WEIGHT: &str = "proofjobs.io/weight";
     pub const MAX_GPU_RUNNERS: &str = "proofjobs.io/max-gpu-runners";
+    /// The requester's priority (`high`, `normal`, `low`), also an annotation: under the GPU cap
+    /// a higher one is served first. Its pods run under the matching PriorityClass.
+    pub const PRIORITY: &str = "proofjobs.io/priority";
     /// Why a proof or a Job waits when its requester is at a quota (proofs in flight, GPU
     /// runners): shown by the api and as the `proofjobs.io/waiting` label.
     pub const OVER_QUOTA: &str = "queued-over-quota";

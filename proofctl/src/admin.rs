@@ -74,8 +74,12 @@ pub enum QuotaCommand {
         /// How far ahead a request's deadline may be, in seconds.
         #[arg(long)]
         max_deadline_secs: Option<i64>,
+        /// high | normal | low: who takes the next free GPU first, and the PriorityClass of the
+        /// requester's stage pods (a `high` pod on a full pool preempts lower-priority ones).
+        #[arg(long)]
+        priority: Option<String>,
         /// Fields to set back to inheriting the default (or, on `*`, to no limit):
-        /// weight, max_in_flight, max_gpu_runners, max_cycles, max_deadline_secs.
+        /// weight, max_in_flight, max_gpu_runners, max_cycles, max_deadline_secs, priority.
         #[arg(long, value_delimiter = ',')]
         clear: Vec<String>,
     },
@@ -192,9 +196,17 @@ fn parse_since(text: &str, now: chrono::DateTime<Utc>) -> Result<chrono::DateTim
 
 async fn quota(db: &Db, command: QuotaCommand) -> Result<()> {
     match command {
-        QuotaCommand::Set { requester, weight, max_in_flight, max_gpu_runners, max_cycles, max_deadline_secs, clear } => {
-            let row =
-                RequesterRow { name: requester, weight, max_in_flight, max_gpu_runners, max_cycles, max_deadline_secs, updated_at: None };
+        QuotaCommand::Set { requester, weight, max_in_flight, max_gpu_runners, max_cycles, max_deadline_secs, priority, clear } => {
+            let row = RequesterRow {
+                name: requester,
+                weight,
+                max_in_flight,
+                max_gpu_runners,
+                max_cycles,
+                max_deadline_secs,
+                priority,
+                updated_at: None,
+            };
             let clear: Vec<&str> = clear.iter().map(|f| f.trim()).filter(|f| !f.is_empty()).collect();
             let row = db.set_requester(&row, &clear).await?;
             print_requesters(&[row]);
@@ -211,20 +223,21 @@ async fn quota(db: &Db, command: QuotaCommand) -> Result<()> {
 fn print_requesters(rows: &[RequesterRow]) {
     let show = |v: Option<i64>, unset: &str| v.map(|v| v.to_string()).unwrap_or_else(|| unset.to_string());
     println!(
-        "{:<24} {:>6} {:>13} {:>15} {:>14} {:>17}",
-        "requester", "weight", "max-in-flight", "max-gpu-runners", "max-cycles", "max-deadline-secs"
+        "{:<24} {:>6} {:>13} {:>15} {:>14} {:>17} {:>9}",
+        "requester", "weight", "max-in-flight", "max-gpu-runners", "max-cycles", "max-deadline-secs", "priority"
     );
     for r in rows {
         // On the defaults row an unset field means no limit; elsewhere it means the default.
         let unset = if r.name == DEFAULT_QUOTA { "-" } else { "(default)" };
         println!(
-            "{:<24} {:>6} {:>13} {:>15} {:>14} {:>17}",
+            "{:<24} {:>6} {:>13} {:>15} {:>14} {:>17} {:>9}",
             r.name,
             show(r.weight.map(i64::from), unset),
             show(r.max_in_flight.map(i64::from), unset),
             show(r.max_gpu_runners.map(i64::from), unset),
             show(r.max_cycles, unset),
-            show(r.max_deadline_secs, unset)
+            show(r.max_deadline_secs, unset),
+            r.priority.clone().unwrap_or_else(|| if r.name == DEFAULT_QUOTA { "normal".into() } else { unset.to_string() })
         );
     }
 }

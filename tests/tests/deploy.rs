@@ -14,6 +14,7 @@ use std::{
 
 use proofjobs_api::proto::{prover_service_client::ProverServiceClient, GetProofRequest, GetRequest};
 use proofjobs_dispatcher::kubernetes::{job_spec::job_name, profiles::StageProfiles};
+use proofjobs_pipeline::state::Priority;
 use proofjobs_tests::{kube_env::*, *};
 use serde_json::Value;
 
@@ -111,6 +112,12 @@ fn check_invariants(overlay: &str, objects: &[Value]) {
     let profiles = named(objects, "ConfigMap", "proofjobs-stage-profiles");
     StageProfiles::parse(profiles["data"]["stage-profiles.json"].as_str().unwrap())
         .unwrap_or_else(|e| panic!("{overlay}: shipped stage profiles do not load: {e:#}"));
+    // The PriorityClasses under the names the dispatcher sets; high preempts, low never does.
+    let class = |p: Priority| objects.iter().find(|o| o["kind"] == "PriorityClass" && o["metadata"]["name"] == p.class_name().unwrap());
+    let (high, low) = (class(Priority::High).expect("proofjobs-high"), class(Priority::Low).expect("proofjobs-low"));
+    assert!(high["value"].as_i64() > Some(0) && low["value"].as_i64() < Some(0), "{overlay}: priority values");
+    assert_eq!(low["preemptionPolicy"], "Never", "{overlay}: low-priority pods never preempt");
+    assert!(objects.iter().all(|o| o["globalDefault"] != true), "{overlay}: a PriorityClass is the cluster's default");
     let runner_account = named(objects, "ServiceAccount", "proofjobs-runner");
     assert_eq!(runner_account["automountServiceAccountToken"], false, "{overlay}: runner pods get no API token");
 }

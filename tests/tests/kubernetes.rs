@@ -19,7 +19,10 @@ use proofjobs_dispatcher::{
     },
     Placement,
 };
-use proofjobs_pipeline::stage::{group_name, Mode, Stage};
+use proofjobs_pipeline::{
+    stage::{group_name, Mode, Stage},
+    state::Priority,
+};
 use proofjobs_tests::{kube_env::*, *};
 
 async fn submit_ok(cluster: &Cluster, mode: &str, program: &[u8], stdin: &[u8]) -> String {
@@ -59,7 +62,12 @@ async fn every_stage_job_of_every_mode_is_accepted_by_the_apiserver() {
                     proof_id,
                     stages: group.clone(),
                     deadline_secs: 3600,
-                    share: Share { requester: "team-a".into(), weight: 2, max_gpu_runners: Some(4) },
+                    share: Share {
+                        requester: "team-a".into(),
+                        weight: 2,
+                        max_gpu_runners: Some(4),
+                        priority: [Priority::Low, Priority::Normal, Priority::High][i % 3],
+                    },
                     runner_token: None,
                 };
                 for suspend in [false, true] {

@@ -1,8 +1,9 @@
 //! Sharing a cluster between requesters, on the real control plane (tests/k8s/cluster.sh): the
 //! proofs-in-flight quota, fair share of capped GPU slots, and the GPU runner quota, as the api
-//! and `kubectl get jobs` show them. The work is inserted directly (no proving): what is under
-//! test is who gets a GPU Job, not what the Job does. No node agent runs, so GPU pods stay
-//! unschedulable and hold their slots until their proof ends.
+//! and `kubectl get jobs` show them, and priority preemption. For the quotas and the fair share
+//! the work is inserted directly (no proving): what is under test is who gets a GPU Job, not
+//! what the Job does; no node agent runs, so GPU pods stay unschedulable and hold their slots
+//! until their proof ends. Preemption takes real proofs on a node agent's full GPU pool.
 
 use std::{
     collections::BTreeMap,
@@ -168,4 +169,132 @@ async fn gpu_slots_are_shared_fairly_and_quotas_queue_visibly() {
 /// Why a proof waits, as the api reads it ("" when it does not).
 async fn db_waiting(db: &proofjobs_pipeline::state::Db, id: &str) -> String {
     db.get_proof(id).await.unwrap().expect("the proof exists").waiting.unwrap_or_default()
+}
+
+/// Real core proofs on a full GPU pool (one node, one GPU): requester `batch` (priority low) is
+/// proving shards when requester `urgent` (priority high) submits. The scheduler preempts the
+/// low-priority GPU pod for the high one; the preempted runner hands its tasks back and its Job
+/// starts a replacement once the GPU is free again. Both proofs complete and verify; the
+/// preempted proof has no runner failure counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_high_priority_proof_preempts_a_low_priority_gpu_pod_and_both_complete() {
+    init_tracing();
+    let _prover = prover_lock().await;
+    let _k = kube_lock().await;
+    let classes = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/base/priority-classes.yaml");
+    kubectl(&["apply", "-f", classes.to_str().unwrap()]);
+    let options = KubeOptions {
+        placement: "execute/setup,prove-core",
+        pools: vec!["cpu:min=1,max=2,cpu=16,memory=64Gi".into(), "gpu:min=1,max=1,cpu=16,memory=64Gi,gpus=1".into()],
+        ..Default::default()
+    };
+    // Pending pods that earlier tests left (their namespaces are deleted in the background) have
+    // the default priority, above `low`: on a free GPU node they would preempt the batch proof.
+    let settled = Instant::now();
+    loop {
+        let pending = kubectl(&["get", "pods", "-A", "--field-selector=status.phase=Pending", "-o", "name"]);
+        if pending.trim().is_empty() {
+            break;
+        }
+        assert!(settled.elapsed() < Duration::from_secs(120), "other tests' pods still pending:\n{pending}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (cluster, env) = KubeEnv::cluster(&options).await.unwrap();
+    let db = cluster.db.db().await;
+    for (name, priority) in [("batch", "low"), ("urgent", "high")] {
+        let row = RequesterRow { name: name.into(), priority: Some(priority.into()), ..Default::default() };
+        db.set_requester(&row, &[]).await.unwrap();
+    }
+    let (batch_key, urgent_key) = (cluster.create_key("batch", false).await, cluster.create_key("urgent", false).await);
+    let submit = |key: String| {
+        let cluster = &cluster;
+        async move {
+            let messages = submit_messages("core", FIBONACCI_ELF, &fibonacci_stdin(fibonacci_n_for_cycles(100_000)), 0, 0);
+            let mut client = cluster.client_with_key(Some(&key)).await;
+            client.submit(futures::stream::iter(messages)).await.unwrap().into_inner().proof_id
+        }
+    };
+    let mut batch_client = cluster.client_with_key(Some(&batch_key)).await;
+    let low = submit(batch_key.clone()).await;
+
+    // Wait until the low-priority proof is proving shards on the only GPU.
+    let started = Instant::now();
+    loop {
+        let p = batch_client.get(GetRequest { proof_id: low.clone() }).await.unwrap().into_inner();
+        assert_ne!(p.status, "failed", "{}", p.failure_cause);
+        if p.stages.iter().any(|s| s.stage == "prove-core" && s.running > 0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "no shard proving started:\n{}", env.node_agent_log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let low_job = job_name(&low, "setup-prove-core", 0);
+    let no_preemption_yet = kubectl(&["-n", &env.namespace, "get", "events", "--field-selector", "reason=Preempted", "-o", "name"]);
+    assert!(no_preemption_yet.trim().is_empty(), "preempted before the high-priority proof came: {no_preemption_yet}");
+    let high = submit(urgent_key.clone()).await;
+    let high_job = job_name(&high, "setup-prove-core", 0);
+    let template_class =
+        |job: &str| kubectl(&["-n", &env.namespace, "get", "job", job, "-o", "jsonpath={.spec.template.spec.priorityClassName}"]);
+
+    // The scheduler preempts the low-priority pod.
+    let preempted = Instant::now();
+    let victims = loop {
+        let out = kubectl(&[
+            "-n",
+            &env.namespace,
+            "get",
+            "events",
+            "--field-selector",
+            "reason=Preempted",
+            "-o",
+            "jsonpath={range .items[*]}{.involvedObject.name}{\"\\n\"}{end}",
+        ]);
+        let victims: Vec<String> = out.lines().map(str::to_string).collect();
+        if !victims.is_empty() {
+            break victims;
+        }
+        assert!(preempted.elapsed() < Duration::from_secs(300), "nothing was preempted:\n{}", env.node_agent_log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("preempted {victims:?} {:.1} s after the high-priority proof arrived", preempted.elapsed().as_secs_f64());
+    assert!(victims.iter().all(|pod| pod.starts_with(&low_job)), "only the low-priority proof's GPU pod goes: {victims:?}");
+    assert!(env.job_names(&high).contains(&high_job), "preempted for the high-priority proof's GPU Job");
+    assert_eq!(template_class(&low_job), "proofjobs-low");
+    assert_eq!(template_class(&high_job), "proofjobs-high");
+
+    let mut client = cluster.client().await;
+    let high_done = wait_finished(&mut client, &high, Duration::from_secs(1200)).await.unwrap();
+    assert_eq!(high_done.status, "completed", "{}\n{}", high_done.failure_cause, env.node_agent_log());
+    let low_done = wait_finished(&mut client, &low, Duration::from_secs(1200)).await.unwrap();
+    assert_eq!(low_done.status, "completed", "{}\n{}", low_done.failure_cause, env.node_agent_log());
+    assert!(high_done.finished_at <= low_done.finished_at, "the high-priority proof went first");
+    let failures: i64 = sqlx::query_scalar("SELECT coalesce(sum(failures), 0)::int8 FROM runner_groups WHERE proof_id = $1")
+        .bind(&low)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(failures, 0, "the preemption was counted as a runner failure");
+    let gpu_runners: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM runners WHERE proof_id = $1 AND backend = 'kubernetes-pod' AND 'prove-core' = ANY(stages)",
+    )
+    .bind(&low)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert!(gpu_runners >= 2, "the preempted pod was replaced: {gpu_runners} GPU runner pods");
+    assert_eq!(env.job_names(&low).len(), 2, "one Job per stage group, no retry Job: {:?}", env.job_names(&low));
+
+    for (id, key) in [(&low, &batch_key), (&high, &urgent_key)] {
+        let mut owner = cluster.client_with_key(Some(key)).await;
+        let mut stream = owner.get_proof(proofjobs_api::proto::GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let path = cluster.dir.path().join(format!("{id}.proof"));
+        std::fs::write(&path, bytes).unwrap();
+        verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    }
+    db.close().await;
+    cluster.shutdown().await;
 }

@@ -174,6 +174,7 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
     if let Some(max) = spec.share.max_gpu_runners {
         job_annotations.insert(labels::MAX_GPU_RUNNERS.into(), max.to_string());
     }
+    job_annotations.insert(labels::PRIORITY.into(), spec.share.priority.as_str().into());
 
     // The runner contract. Each pod is its own runner (its own claims and heartbeat), grouped
     // under the Job; the state and store URLs come from the runner Secret.
@@ -277,6 +278,7 @@ pub fn build_job(spec: &RunnerSpec, profile: &StageProfile, settings: &JobSettin
         termination_grace_period_seconds: Some(30),
         node_selector: (!profile.node_selector.is_empty()).then(|| profile.node_selector.clone()),
         tolerations: (!tolerations.is_empty()).then_some(tolerations),
+        priority_class_name: spec.share.priority.class_name().map(str::to_string),
         containers: vec![container],
         volumes: Some(volumes),
         ..Default::default()
@@ -352,7 +354,12 @@ mod tests {
             proof_id: "proof_0192ab".into(),
             stages,
             deadline_secs: 3600,
-            share: crate::backend::Share { requester: "team-a".into(), weight: 2, max_gpu_runners: Some(3) },
+            share: crate::backend::Share {
+                requester: "team-a".into(),
+                weight: 2,
+                max_gpu_runners: Some(3),
+                priority: proofjobs_pipeline::state::Priority::High,
+            },
             runner_token: Some("t0k3n".into()),
         }
     }
@@ -411,6 +418,8 @@ mod tests {
         assert_eq!(v["metadata"]["labels"]["proofjobs.io/requester"], "team-a");
         assert_eq!(v["spec"]["template"]["metadata"]["labels"]["proofjobs.io/requester"], "team-a");
         assert_eq!(v["metadata"]["annotations"]["proofjobs.io/weight"], "2");
+        assert_eq!(v["metadata"]["annotations"]["proofjobs.io/priority"], "high");
+        assert_eq!(v["spec"]["template"]["spec"]["priorityClassName"], "proofjobs-high");
         assert_eq!(v["metadata"]["annotations"]["proofjobs.io/max-gpu-runners"], "3");
         assert!(v["spec"]["template"]["metadata"]["annotations"].get("proofjobs.io/weight").is_none());
         assert_eq!(label_value("x/y z"), "x-y-z");

@@ -228,6 +228,7 @@ impl Backend for KubeBackend {
                     requester: spec.share.requester.clone(),
                     weight: spec.share.weight,
                     max_gpu_runners: spec.share.max_gpu_runners,
+                    priority: spec.share.priority,
                     gpus_per_pod: gpus,
                     pods: 0,
                     wanted: 1,

@@ -1,7 +1,7 @@
 //! Who gets the next GPU. GPU pods are capped (`--max-gpu-pods`: the GPU pool's size or budget),
 //! so when more GPU Jobs want pods than the cap allows, the free GPUs are handed out one pod at a
-//! time to the requester that has least per unit of weight, then to that requester's Job with
-//! fewest pods, then to the oldest. One requester's twenty proofs therefore cannot starve
+//! time to the highest requester priority, then to the requester that has least per unit of
+//! weight, then to that requester's Job with fewest pods, then to the oldest. One requester's twenty proofs therefore cannot starve
 //! another's single proof: the newcomer's Job takes the next GPU that frees up. A requester's
 //! GPU runner quota caps its pods whatever is free. Running pods are never taken back here (idle
 //! ones leave by themselves; preempting is the Kubernetes scheduler's job, by PriorityClass).
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
-use proofjobs_pipeline::stage::labels;
+use proofjobs_pipeline::{stage::labels, state::Priority};
 
 use super::view::{finished, job_gpus};
 
@@ -24,6 +24,7 @@ pub struct GpuJob {
     pub requester: String,
     pub weight: u32,
     pub max_gpu_runners: Option<u32>,
+    pub priority: Priority,
     pub gpus_per_pod: u32,
     /// Pods it runs or was granted (0 while suspended).
     pub pods: u32,
@@ -48,6 +49,7 @@ impl GpuJob {
             requester: job.labels().get(labels::REQUESTER).cloned().unwrap_or_default(),
             weight: annotation(labels::WEIGHT).unwrap_or(1).max(1),
             max_gpu_runners: annotation(labels::MAX_GPU_RUNNERS),
+            priority: job.annotations().get(labels::PRIORITY).and_then(|p| p.parse().ok()).unwrap_or_default(),
             gpus_per_pod,
             pods,
             wanted: pods.max(1),
@@ -88,8 +90,14 @@ pub fn allocate(jobs: &[GpuJob], max_gpus: u32) -> Vec<Grant> {
             .filter(|&i| got[i] < jobs[i].wanted && u64::from(jobs[i].gpus_per_pod) <= free && under_quota(&pods_of, &jobs[i]))
             .min_by(|&a, &b| {
                 let (ra, rb) = (jobs[a].requester.as_str(), jobs[b].requester.as_str());
-                // served_a / weight_a against served_b / weight_b, without division.
-                (gpus_of[ra] * weight_of[rb]).cmp(&(gpus_of[rb] * weight_of[ra])).then(got[a].cmp(&got[b])).then(a.cmp(&b))
+                // Higher priority first; then served_a / weight_a against served_b / weight_b,
+                // without division.
+                jobs[b]
+                    .priority
+                    .cmp(&jobs[a].priority)
+                    .then((gpus_of[ra] * weight_of[rb]).cmp(&(gpus_of[rb] * weight_of[ra])))
+                    .then(got[a].cmp(&got[b]))
+                    .then(a.cmp(&b))
             });
         let Some(i) = next else { break };
         let job = &jobs[i];
@@ -113,7 +121,16 @@ mod tests {
     use super::*;
 
     fn job(name: &str, requester: &str, pods: u32, wanted: u32) -> GpuJob {
-        GpuJob { name: name.into(), requester: requester.into(), weight: 1, max_gpu_runners: None, gpus_per_pod: 1, pods, wanted }
+        GpuJob {
+            name: name.into(),
+            requester: requester.into(),
+            weight: 1,
+            max_gpu_runners: None,
+            priority: Priority::Normal,
+            gpus_per_pod: 1,
+            pods,
+            wanted,
+        }
     }
 
     #[test]
@@ -134,6 +151,21 @@ mod tests {
         jobs.last_mut().unwrap().pods = 1;
         let grants = allocate(&jobs, 2);
         assert_eq!(grants[0], Grant::Pods(1), "a2 was waiting longest: {grants:?}");
+    }
+
+    #[test]
+    fn a_higher_priority_takes_the_next_free_gpu_whatever_it_already_has() {
+        // urgent already holds one GPU of three; normal requesters hold the other two and wait
+        // for more. The next free GPU goes to urgent's waiting Job, not to the least served.
+        let urgent = |name: &str, pods| GpuJob { priority: Priority::High, ..job(name, "urgent", pods, 1) };
+        let mut jobs = vec![job("a0", "a", 1, 1), job("b0", "b", 1, 1), urgent("u0", 1), job("c0", "c", 0, 1), urgent("u1", 0)];
+        assert_eq!(allocate(&jobs, 3)[3..], [Grant::Queued, Grant::Queued]);
+        jobs.remove(0);
+        assert_eq!(allocate(&jobs, 3)[2..], [Grant::Queued, Grant::Pods(1)], "urgent's Job first");
+        // A low-priority requester waits behind everyone, even holding nothing.
+        let batch = GpuJob { priority: Priority::Low, ..job("l0", "batch", 0, 1) };
+        assert_eq!(allocate(&[job("a1", "a", 5, 6), batch.clone()], 6), vec![Grant::Pods(6), Grant::Queued]);
+        assert_eq!(allocate(&[job("a1", "a", 5, 6), batch], 7), vec![Grant::Pods(6), Grant::Pods(1)]);
     }
 
     #[test]

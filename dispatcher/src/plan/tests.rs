@@ -365,5 +365,5 @@ fn launches_carry_the_requesters_share() {
         .insert("team".into(), proofjobs_pipeline::state::Quota { weight: 3, max_gpu_runners: Some(2), ..Default::default() });
     let actions = plan(&snap, &per_stage());
     let Some(Action::Launch { share, .. }) = actions.iter().find(|a| matches!(a, Action::Launch { .. })) else { panic!("{actions:?}") };
-    assert_eq!(share, &Share { requester: "team".into(), weight: 3, max_gpu_runners: Some(2) });
+    assert_eq!(share, &Share { requester: "team".into(), weight: 3, max_gpu_runners: Some(2), priority: Default::default() });
 }

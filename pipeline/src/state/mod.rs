@@ -31,7 +31,7 @@ pub use self::{
     notifications::{wait_for, Notifications},
     proofs::{ActiveHead, CancelOutcome, InsertOutcome, NewProof, ProofRow, ProofStatus, StageProgress},
     quotes::{HistoryPoint, QuoteRow},
-    requesters::{validate_requester_name, Quota, Quotas, RequesterRow, DEFAULTS as DEFAULT_QUOTA},
+    requesters::{validate_requester_name, Priority, Quota, Quotas, RequesterRow, DEFAULTS as DEFAULT_QUOTA},
     runners::{GroupState, RunnerRow},
     tasks::{Claim, ClaimedTask, NewTask, TaskState},
     usage::{Prices, RequesterUsage, Usage},

@@ -1,7 +1,7 @@
 //! The `requesters` table: quotas and weights per requester, with the row named `*` as the
 //! defaults every requester inherits field by field. One place answers "what may this requester
 //! use?" for the api (cycle limit, deadline) and the dispatcher (proofs in flight, GPU runners,
-//! share of contended GPUs).
+//! share of contended GPUs, priority).
 
 use std::collections::HashMap;
 
@@ -22,8 +22,51 @@ pub struct RequesterRow {
     pub max_gpu_runners: Option<i32>,
     pub max_cycles: Option<i64>,
     pub max_deadline_secs: Option<i64>,
+    /// `high`, `normal` or `low` (see [`Priority`]).
+    pub priority: Option<String>,
     #[sqlx(default)]
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// How urgent a requester's proofs are. Under the dispatcher's GPU cap a higher priority takes
+/// the next free GPU first; on the nodes, stage pods run under the matching PriorityClass, so a
+/// `high` pod that finds its pool full makes the scheduler preempt lower-priority pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
+    /// The PriorityClass its stage pods run under (`manifests/base/priority-classes.yaml`);
+    /// `normal` pods take the cluster's default.
+    pub fn class_name(self) -> Option<&'static str> {
+        match self {
+            Priority::Low => Some("proofjobs-low"),
+            Priority::Normal => None,
+            Priority::High => Some("proofjobs-high"),
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Priority::Low, Priority::Normal, Priority::High]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown priority {s:?} (expected high, normal or low)"))
+    }
 }
 
 /// What a requester may use, its own settings over the defaults. `None`: no limit.
@@ -34,11 +77,19 @@ pub struct Quota {
     pub max_gpu_runners: Option<u32>,
     pub max_cycles: Option<u64>,
     pub max_deadline_secs: Option<u64>,
+    pub priority: Priority,
 }
 
 impl Default for Quota {
     fn default() -> Self {
-        Quota { weight: 1, max_in_flight: None, max_gpu_runners: None, max_cycles: None, max_deadline_secs: None }
+        Quota {
+            weight: 1,
+            max_in_flight: None,
+            max_gpu_runners: None,
+            max_cycles: None,
+            max_deadline_secs: None,
+            priority: Priority::Normal,
+        }
     }
 }
 
@@ -52,6 +103,12 @@ impl Quota {
             max_gpu_runners: pick(|r| r.max_gpu_runners.map(i64::from)).map(|v| v as u32),
             max_cycles: pick(|r| r.max_cycles),
             max_deadline_secs: pick(|r| r.max_deadline_secs),
+            // The stored value passed the column's CHECK; anything else reads as normal.
+            priority: own
+                .and_then(|r| r.priority.as_deref())
+                .or_else(|| defaults.and_then(|r| r.priority.as_deref()))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_default(),
         }
     }
 }
@@ -95,20 +152,24 @@ impl Db {
         }
         for field in clear {
             anyhow::ensure!(
-                ["weight", "max_in_flight", "max_gpu_runners", "max_cycles", "max_deadline_secs"].contains(field),
+                ["weight", "max_in_flight", "max_gpu_runners", "max_cycles", "max_deadline_secs", "priority"].contains(field),
                 "unknown quota field {field:?}"
             );
         }
+        if let Some(priority) = &row.priority {
+            priority.parse::<Priority>().map_err(anyhow::Error::msg)?;
+        }
         let cleared = |f: &str| clear.contains(&f);
         sqlx::query_as(
-            "INSERT INTO requesters (name, weight, max_in_flight, max_gpu_runners, max_cycles, max_deadline_secs)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO requesters (name, weight, max_in_flight, max_gpu_runners, max_cycles, max_deadline_secs, priority)
+             VALUES ($1, $2, $3, $4, $5, $6, $12)
              ON CONFLICT (name) DO UPDATE SET
                  weight = CASE WHEN $7 THEN NULL ELSE COALESCE(EXCLUDED.weight, requesters.weight) END,
                  max_in_flight = CASE WHEN $8 THEN NULL ELSE COALESCE(EXCLUDED.max_in_flight, requesters.max_in_flight) END,
                  max_gpu_runners = CASE WHEN $9 THEN NULL ELSE COALESCE(EXCLUDED.max_gpu_runners, requesters.max_gpu_runners) END,
                  max_cycles = CASE WHEN $10 THEN NULL ELSE COALESCE(EXCLUDED.max_cycles, requesters.max_cycles) END,
                  max_deadline_secs = CASE WHEN $11 THEN NULL ELSE COALESCE(EXCLUDED.max_deadline_secs, requesters.max_deadline_secs) END,
+                 priority = CASE WHEN $13 THEN NULL ELSE COALESCE(EXCLUDED.priority, requesters.priority) END,
                  updated_at = now()
              RETURNING *",
         )
@@ -123,6 +184,8 @@ impl Db {
         .bind(cleared("max_gpu_runners"))
         .bind(cleared("max_cycles"))
         .bind(cleared("max_deadline_secs"))
+        .bind(&row.priority)
+        .bind(cleared("priority"))
         .fetch_one(&self.pool)
         .await
         .with_context(|| format!("setting the quota of {}", row.name))
@@ -162,12 +225,37 @@ mod tests {
 
     #[test]
     fn a_requesters_own_settings_win_field_by_field() {
-        let defaults = RequesterRow { name: "*".into(), max_in_flight: Some(10), max_cycles: Some(1_000), ..Default::default() };
+        let defaults = RequesterRow {
+            name: "*".into(),
+            max_in_flight: Some(10),
+            max_cycles: Some(1_000),
+            priority: Some("low".into()),
+            ..Default::default()
+        };
         let own = RequesterRow { name: "a".into(), weight: Some(3), max_in_flight: Some(2), ..Default::default() };
         let q = Quota::resolve(Some(&own), Some(&defaults));
-        assert_eq!(q, Quota { weight: 3, max_in_flight: Some(2), max_gpu_runners: None, max_cycles: Some(1_000), max_deadline_secs: None });
+        let expected = Quota {
+            weight: 3,
+            max_in_flight: Some(2),
+            max_gpu_runners: None,
+            max_cycles: Some(1_000),
+            max_deadline_secs: None,
+            priority: Priority::Low,
+        };
+        assert_eq!(q, expected);
         assert_eq!(Quota::resolve(None, None), Quota::default());
         assert_eq!(Quota::resolve(None, Some(&defaults)).max_in_flight, Some(10));
+        let urgent = RequesterRow { name: "b".into(), priority: Some("high".into()), ..Default::default() };
+        assert_eq!(Quota::resolve(Some(&urgent), Some(&defaults)).priority, Priority::High);
+    }
+
+    #[test]
+    fn priorities_order_and_name_their_classes() {
+        assert!(Priority::High > Priority::Normal && Priority::Normal > Priority::Low);
+        assert_eq!("high".parse::<Priority>(), Ok(Priority::High));
+        assert!("urgent".parse::<Priority>().is_err());
+        assert_eq!(Priority::Normal.class_name(), None);
+        assert_eq!(Priority::High.class_name(), Some("proofjobs-high"));
     }
 
     #[test]

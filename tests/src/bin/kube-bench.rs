@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
             proof_id,
             stages: vec![Stage::Execute],
             deadline_secs: 3600,
-            share: Share { requester: "bench".into(), weight: 1, max_gpu_runners: None },
+            share: Share { requester: "bench".into(), weight: 1, max_gpu_runners: None, priority: Default::default() },
             runner_token: None,
         };
         let job = build_job(&spec, &profiles.for_group(&spec.stages), &settings, false);
