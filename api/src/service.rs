@@ -4,6 +4,7 @@ use std::{pin::Pin, time::Duration};
 
 use futures::{Stream, StreamExt};
 use proofjobs_pipeline::{
+    artifacts,
     stage::Mode,
     state::{wait_for, CancelOutcome, Notifications, ProofRow, ProofStatus},
 };
@@ -251,7 +252,17 @@ impl ProverService for ProverApi {
             let cause = row.failure_cause.map(|c| format!(": {c}")).unwrap_or_default();
             return Err(Status::failed_precondition(format!("proof {id} is {}{cause}", row.status.as_str())));
         }
-        let proof: ProofFromNetwork = self.intake.store.download(&Artifact(row.proof_artifact.clone())).await.map_err(store_error)?;
+        let proof: ProofFromNetwork = self.intake.store.download(&Artifact(row.proof_artifact.clone())).await.map_err(|e| {
+            if artifacts::is_not_found(&e) {
+                Status::data_loss(format!(
+                    "proof {id} completed, but its proof artifact {} is gone from the artifact store {} (past the proof retention, or the store lost it)",
+                    row.proof_artifact,
+                    self.intake.store.describe()
+                ))
+            } else {
+                store_error(e)
+            }
+        })?;
         let bytes = bincode::serialize(&SP1ProofWithPublicValues {
             proof: proof.proof,
             public_values: proof.public_values,

@@ -10,6 +10,7 @@ pub mod kubernetes;
 pub mod local;
 pub mod plan;
 pub mod reconcile;
+pub mod sweep;
 
 pub use backend::{Backend, Placement, RunnerSpec};
 pub use plan::Policy;

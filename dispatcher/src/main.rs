@@ -11,9 +11,13 @@ use proofjobs_dispatcher::{
         KubeBackend, KubeSettings,
     },
     local::{default_runner_bin, LocalBackend, TASK_RUNNER_VAR},
+    sweep::{Retention, Sweeper},
     Backend, Dispatcher, Placement, Policy,
 };
-use proofjobs_pipeline::state::{Db, Notifications};
+use proofjobs_pipeline::{
+    artifacts::{ArtifactStore, StoreConfig},
+    state::{Db, Notifications},
+};
 
 #[derive(Parser)]
 #[command(name = "proofjobs-dispatcher")]
@@ -25,9 +29,22 @@ struct Args {
     /// proof's rows (Kubernetes runners read theirs from the runner Secret).
     #[arg(long, env = "PROOFJOBS_RUNNER_DATABASE_URL", hide_env_values = true)]
     runner_database_url: Option<String>,
-    /// Local backend: the artifact store runners use (Kubernetes runners read it from the runner Secret).
+    /// The artifact store: the one local runners use, and the one the sweep cleans after ended
+    /// proofs (Kubernetes: from the Secret; unset there, only rows are purged).
     #[arg(long, env = "PROOFJOBS_ARTIFACT_STORE", default_value = "")]
     artifact_store: String,
+    /// How long a program and stdin are kept after the last proof reading them ended.
+    #[arg(long, env = "PROOFJOBS_INPUT_RETENTION_SECS", default_value_t = 24 * 3600)]
+    input_retention_secs: u64,
+    /// How long a finished proof is kept in the store for clients to fetch.
+    #[arg(long, env = "PROOFJOBS_PROOF_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    proof_retention_secs: u64,
+    /// How long the rows of an ended proof (status, usage, quote) are kept before they are purged.
+    #[arg(long, env = "PROOFJOBS_ROW_RETENTION_SECS", default_value_t = 30 * 24 * 3600)]
+    row_retention_secs: u64,
+    /// Seconds between sweeps of ended proofs.
+    #[arg(long, env = "PROOFJOBS_SWEEP_SECS", default_value_t = 30)]
+    sweep_secs: u64,
     /// Where runners run. `local`: child processes of this machine; `kubernetes`: one Job per stage group.
     #[arg(long, env = "PROOFJOBS_BACKEND", default_value = "local")]
     backend: String,
@@ -124,6 +141,23 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::connect(&args.database_url, 8).await?;
     db.migrate().await?;
     let notifications = Notifications::listen(&db).await?;
+    let store = match args.artifact_store.as_str() {
+        "" => None,
+        url => Some(ArtifactStore::connect(url, StoreConfig::default()).await?),
+    };
+    if store.is_none() {
+        tracing::warn!("no --artifact-store: ended proofs' artifacts are left to the store's own expiry; rows are still purged");
+    }
+    let sweeper = Sweeper {
+        db: db.clone(),
+        store,
+        retention: Retention {
+            inputs: Duration::from_secs(args.input_retention_secs),
+            proofs: Duration::from_secs(args.proof_retention_secs),
+            rows: Duration::from_secs(args.row_retention_secs),
+            every: Duration::from_secs(args.sweep_secs.max(1)),
+        },
+    };
     let policy = |placement: &str| -> anyhow::Result<Policy> {
         Ok(Policy {
             capacity_wait_limit: Duration::from_secs(args.capacity_wait_secs),
@@ -143,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
             let runner_bin = args.task_runner.clone().unwrap_or_else(default_runner_bin);
             let runner_database_url = args.runner_database_url.clone().unwrap_or_else(|| args.database_url.clone());
             let backend = LocalBackend::new(runner_bin, args.log_dir.clone(), runner_database_url, args.artifact_store.clone(), vec![])?;
-            serve(db, notifications, backend, policy, stop_signal()?).await
+            serve(db, notifications, backend, policy, sweeper, stop_signal()?).await
         }
         "kubernetes" => {
             let policy = policy("per-stage")?;
@@ -188,12 +222,12 @@ async fn main() -> anyhow::Result<()> {
                 None => None,
             };
             let backend = KubeBackend::start(client, settings, db.clone()).await?;
-            let Some(leadership) = leadership else { return serve(db, notifications, backend, policy, stop).await };
+            let Some(leadership) = leadership else { return serve(db, notifications, backend, policy, sweeper, stop).await };
             // Losing the Lease stops dispatching at once; the process then exits non-zero and is
             // restarted as a candidate.
             let (lead_tx, lead_rx) = tokio::sync::watch::channel(false);
             let mut signals = stop.clone();
-            let serving = serve(db, notifications, backend, policy, lead_rx);
+            let serving = serve(db, notifications, backend, policy, sweeper, lead_rx);
             tokio::pin!(serving);
             let lost = tokio::select! {
                 result = &mut serving => {
@@ -232,10 +266,14 @@ async fn serve<B: Backend>(
     notifications: Notifications,
     backend: B,
     policy: Policy,
+    sweeper: Sweeper,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // The sweep runs only while this dispatcher dispatches (the leader), and stops with it.
+    let sweeping = tokio::spawn(sweeper.run(stop.clone()));
     // Runners are left running on exit: the next dispatcher adopts them.
     let result = Dispatcher::new(db.clone(), Arc::new(backend), policy).run(notifications.clone(), stop).await;
+    sweeping.abort();
     notifications.shutdown().await;
     db.close().await;
     result

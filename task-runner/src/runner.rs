@@ -331,9 +331,9 @@ async fn hand_back(db: &Db, runner_id: &str, running: &mut JoinSet<Outcome>) -> 
 
 /// PostgreSQL's insufficient_privilege (42501): a grant or a row-level security policy refused.
 fn is_permission_denied(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(cause.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501"))
-    })
+    e.chain().any(
+        |cause| matches!(cause.downcast_ref::<sqlx::Error>(), Some(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42501")),
+    )
 }
 
 fn is_db_error(e: &anyhow::Error) -> bool {

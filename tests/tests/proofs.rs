@@ -365,6 +365,14 @@ async fn a_quote_estimates_a_core_proof_from_the_clusters_history() {
     }
     std::fs::write(&path, bytes).unwrap();
     verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+
+    // The store loses the proof (Redis restarted without persistence): DATA_LOSS naming it.
+    let artifact = db.get_proof(&id).await.unwrap().unwrap().proof_artifact;
+    let mut conn = redis_connection().await;
+    redis::cmd("DEL").arg(&artifact).arg(format!("{artifact}:chunks")).query_async::<()>(&mut conn).await.unwrap();
+    let lost = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap_err();
+    assert_eq!(lost.code(), tonic::Code::DataLoss, "{lost}");
+    assert!(lost.message().contains(&artifact), "{lost}");
     db.close().await;
     cluster.shutdown().await;
 }

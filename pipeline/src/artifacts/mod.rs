@@ -152,6 +152,13 @@ impl ArtifactStore {
             ArtifactStore::Fs(s) => s.set_ttl(id, ttl).await,
         }
     }
+
+    /// Deletes artifacts by id, whatever their type and layout (for callers that hold ids, not
+    /// SP1 artifacts: the sweep after a proof ends).
+    pub async fn delete_ids(&self, ids: &[String]) -> Result<()> {
+        let artifacts: Vec<sp1_prover_types::Artifact> = ids.iter().cloned().map(sp1_prover_types::Artifact).collect();
+        self.delete_batch(&artifacts, ArtifactType::UnspecifiedArtifactType).await
+    }
 }
 
 impl ArtifactClient for ArtifactStore {

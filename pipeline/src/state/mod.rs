@@ -1,14 +1,15 @@
 //! Durable state in PostgreSQL, one file per table: proofs, tasks, runners (with their groups'
 //! retry state), task messages, API keys, requesters' quotas, artifact claims, usage and prices,
-//! quotes, and the notifications every write fires. This module is the only place that writes SQL,
-//! so the invariants live here: a terminal proof never changes again, a succeeded task stays
-//! succeeded, a task is claimed by exactly one runner (`FOR UPDATE SKIP LOCKED`) and only that
-//! claim may finish it, and a lost runner's tasks go back to the queue. Rows map to structs with
-//! `sqlx::FromRow`; status columns are TEXT that decode into enums, and a string no enum knows is
-//! an error, never a default.
+//! quotes, the sweep of ended proofs, and the notifications every write fires. This module is the
+//! only place that writes SQL, so the invariants live here: a terminal proof never changes again, a
+//! succeeded task stays succeeded, a task is claimed by exactly one runner (`FOR UPDATE SKIP
+//! LOCKED`) and only that claim may finish it, and a lost runner's tasks go back to the queue. Rows
+//! map to structs with `sqlx::FromRow`; status columns are TEXT that decode into enums, and a
+//! string no enum knows is an error, never a default.
 
 mod claims;
 mod keys;
+mod lifecycle;
 mod messages;
 mod notifications;
 mod proofs;
@@ -28,6 +29,7 @@ use sqlx::{
 
 pub use self::{
     keys::{KeyHolder, KeyRefusal, KeyRow},
+    lifecycle::EndedProof,
     notifications::{wait_for, Notifications},
     proofs::{ActiveHead, CancelOutcome, InsertOutcome, NewProof, ProofRow, ProofStatus, StageProgress},
     quotes::{HistoryPoint, QuoteRow},

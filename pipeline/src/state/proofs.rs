@@ -70,6 +70,8 @@ pub struct ProofRow {
     pub waiting: Option<String>,
     /// The quote the proof was submitted with, to set its estimate against the actual figures.
     pub quote_id: Option<String>,
+    /// When the proof's leftovers were cleaned up after it ended (see `lifecycle.rs`).
+    pub swept_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
