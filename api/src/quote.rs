@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use proofjobs_pipeline::{
     stage::Mode,
-    state::{wait_for, HistoryPoint, Notifications, Prices, ProofRow, ProofStatus, QuoteRow, Usage},
+    state::{wait_for, HistoryPoint, Notifications, ProofRow, ProofStatus, QuoteRow, Usage},
 };
 use tonic::Status;
 
@@ -95,13 +95,15 @@ fn estimate(cycles: u64, history: &[HistoryPoint], gpu_warm: bool, settings: &Se
     (at(|h| h.wall_secs) + scale_up, scale_up, usage)
 }
 
-fn usage_message(usage: &Usage, prices: &Prices) -> proto::Usage {
+/// A usage as the API reports it, with its cost (priced now for a proof's figures, as stored for
+/// a quote's).
+pub(crate) fn usage_message(usage: &Usage, cost_usd: f64) -> proto::Usage {
     proto::Usage {
         cpu_task_secs: usage.cpu_task_secs,
         gpu_task_secs: usage.gpu_task_secs,
         cpu_runner_secs: usage.cpu_runner_secs,
         gpu_runner_secs: usage.gpu_runner_secs,
-        estimated_cost_usd: usage.estimated_cost_usd(prices),
+        estimated_cost_usd: cost_usd,
     }
 }
 
@@ -109,13 +111,7 @@ fn estimate_message(quote: &QuoteRow) -> proto::Estimate {
     proto::Estimate {
         eta_secs: quote.eta_secs,
         scale_up_secs: quote.scale_up_secs,
-        usage: Some(proto::Usage {
-            cpu_task_secs: quote.usage.cpu_task_secs,
-            gpu_task_secs: quote.usage.gpu_task_secs,
-            cpu_runner_secs: quote.usage.cpu_runner_secs,
-            gpu_runner_secs: quote.usage.gpu_runner_secs,
-            estimated_cost_usd: quote.cost_usd,
-        }),
+        usage: Some(usage_message(&quote.usage, quote.cost_usd)),
     }
 }
 
@@ -199,7 +195,7 @@ pub async fn quote(
         cycles: cycles as u64,
         public_values: row.public_values.unwrap_or_default(),
         basis_proofs: quote.basis_proofs as u32,
-        estimate: Some(proto::Estimate { usage: Some(usage_message(&usage, &prices)), ..estimate_message(&quote) }),
+        estimate: Some(estimate_message(&quote)),
     })
 }
 

@@ -93,13 +93,7 @@ impl ProverApi {
         let progress = self.intake.db.stage_progress(&row.id).await.map_err(internal)?;
         let used = self.intake.db.proof_usage(&row.id).await.map_err(internal)?;
         let prices = self.intake.db.prices().await.map_err(internal)?;
-        let usage = proto::Usage {
-            cpu_task_secs: used.cpu_task_secs,
-            gpu_task_secs: used.gpu_task_secs,
-            cpu_runner_secs: used.cpu_runner_secs,
-            gpu_runner_secs: used.gpu_runner_secs,
-            estimated_cost_usd: used.estimated_cost_usd(&prices),
-        };
+        let usage = quote::usage_message(&used, used.estimated_cost_usd(&prices));
         // Every stage the mode goes through is listed, including those not reached yet.
         let stages = row
             .mode

@@ -356,10 +356,7 @@ fn print_proof(p: &Proof) {
         println!("  {:<11} {:<8} {}/{}", s.stage, s.state, s.done, s.total);
     }
     if let Some(u) = p.usage.as_ref().filter(|u| u.cpu_runner_secs + u.gpu_runner_secs > 0.0) {
-        println!(
-            "usage: tasks {:.1} s CPU, {:.1} s GPU; runners {:.1} s CPU, {:.1} s GPU; estimated cost ${:.4}",
-            u.cpu_task_secs, u.gpu_task_secs, u.cpu_runner_secs, u.gpu_runner_secs, u.estimated_cost_usd
-        );
+        println!("usage: {}; estimated cost ${:.4}", usage_figures(u), u.estimated_cost_usd);
     }
     if let Some(q) = &p.quote {
         print_quote_check(q);
@@ -373,9 +370,14 @@ fn estimate_line(e: &Estimate) -> String {
     let u = e.usage.unwrap_or_default();
     let scale_up =
         if e.scale_up_secs > 0.0 { format!(" (of which {:.0} s for a GPU node to start)", e.scale_up_secs) } else { String::new() };
+    format!("{:.1} s{scale_up}; {}; cost ${:.4}", e.eta_secs, usage_figures(&u), u.estimated_cost_usd)
+}
+
+/// Task- and runner-seconds per pool, as `get` and `quote` print them.
+fn usage_figures(u: &proofjobs_api::proto::Usage) -> String {
     format!(
-        "{:.1} s{scale_up}; tasks {:.1} s CPU, {:.1} s GPU; runners {:.1} s CPU, {:.1} s GPU; cost ${:.4}",
-        e.eta_secs, u.cpu_task_secs, u.gpu_task_secs, u.cpu_runner_secs, u.gpu_runner_secs, u.estimated_cost_usd
+        "tasks {:.1} s CPU, {:.1} s GPU; runners {:.1} s CPU, {:.1} s GPU",
+        u.cpu_task_secs, u.gpu_task_secs, u.cpu_runner_secs, u.gpu_runner_secs
     )
 }
 

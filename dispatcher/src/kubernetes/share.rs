@@ -1,10 +1,11 @@
 //! Who gets the next GPU. GPU pods are capped (`--max-gpu-pods`: the GPU pool's size or budget),
 //! so when more GPU Jobs want pods than the cap allows, the free GPUs are handed out one pod at a
 //! time to the highest requester priority, then to the requester that has least per unit of
-//! weight, then to that requester's Job with fewest pods, then to the oldest. One requester's twenty proofs therefore cannot starve
-//! another's single proof: the newcomer's Job takes the next GPU that frees up. A requester's
-//! GPU runner quota caps its pods whatever is free. Running pods are never taken back here (idle
-//! ones leave by themselves; preempting is the Kubernetes scheduler's job, by PriorityClass).
+//! weight, then to that requester's Job with fewest pods, then to the oldest. One requester's
+//! twenty proofs therefore cannot starve another's single proof: the newcomer's Job takes the next
+//! GPU that frees up. A requester's GPU runner quota caps its pods whatever is free. Running pods
+//! are never taken back here (idle ones leave by themselves; preempting is the Kubernetes
+//! scheduler's job, by PriorityClass).
 //!
 //! Every input is read from the Jobs themselves (requester label, weight and quota
 //! annotations), so each decision is a pure function of what the watch shows.
