@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod fs;
 pub mod redis;
+pub mod s3;
 
 use std::{fmt, path::PathBuf, time::Duration};
 
