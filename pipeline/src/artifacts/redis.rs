@@ -104,6 +104,18 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The S3 tier behind Redis: an encoded value over `threshold` bytes is written to S3 and Redis
+/// keeps a pointer record (`POINTER` + the length) under the artifact's key, with the key's TTL.
+#[derive(Debug, Clone)]
+pub struct Spill {
+    pub tier: super::s3::S3Tier,
+    pub threshold: usize,
+}
+
+/// What a pointer record starts with; a stored value is otherwise a zstd frame (magic 28 b5 2f fd),
+/// so the two cannot be confused.
+pub const POINTER: &[u8] = b"proofjobs-s3:";
+
 /// Redis artifact store. Cheap to clone (shared connection and memory reading).
 #[derive(Clone)]
 pub struct RedisStore {
@@ -112,6 +124,8 @@ pub struct RedisStore {
 
 struct Inner {
     client: Client,
+    /// Values whose encoded size is over the threshold go to S3 (see `Spill`).
+    spill: Option<Spill>,
     /// Opened on first use, so a store can be built while Redis is down.
     conn: OnceCell<ConnectionManager>,
     config: StoreConfig,
@@ -130,9 +144,14 @@ impl RedisStore {
     /// first use, with bounded connect (3 s) and response (60 s) timeouts, and re-made after a
     /// failure by the next call.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore> {
+        RedisStore::connect_with_spill(url, config, None).await
+    }
+
+    /// As [`RedisStore::connect`], with values over `spill.threshold` kept in S3.
+    pub async fn connect_with_spill(url: &str, config: StoreConfig, spill: Option<Spill>) -> Result<RedisStore> {
         let described = redact_url(url);
         let client = Client::open(url).map_err(|e| StoreError::Other(format!("invalid Redis artifact store URL {described}: {e}")))?;
-        Ok(RedisStore { inner: Arc::new(Inner { client, conn: OnceCell::new(), config, described, memory: Mutex::new(None) }) })
+        Ok(RedisStore { inner: Arc::new(Inner { client, spill, conn: OnceCell::new(), config, described, memory: Mutex::new(None) }) })
     }
 
     /// The stored (encoded) bytes of an artifact: its inline value, or its chunks.
@@ -141,6 +160,20 @@ impl RedisStore {
         let inline: Option<Vec<u8>> =
             ::redis::cmd("GET").arg(id).query_async(&mut conn).await.map_err(|e| map_redis(e, format_args!("reading artifact {id}")))?;
         match inline {
+            Some(bytes) if bytes.starts_with(POINTER) => {
+                let Some(spill) = &self.inner.spill else {
+                    return Err(StoreError::Other(format!("artifact {id} is in S3, and this store has no S3 tier configured")).into());
+                };
+                let len: usize = std::str::from_utf8(&bytes[POINTER.len()..])
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("artifact {id}: bad S3 pointer record")))?;
+                let data = spill.tier.get(id, len).await?;
+                if data.len() != len {
+                    return Err(StoreError::Corrupt(format!("artifact {id}: {} bytes in S3, the pointer says {len}", data.len())).into());
+                }
+                Ok(data)
+            }
             Some(bytes) => Ok(bytes),
             None => self.read_chunks(&mut conn, id).await,
         }
@@ -318,6 +351,24 @@ impl ArtifactClient for RedisStore {
         let id = artifact.id();
         let ttl = ttl_for(artifact_type, &self.inner.config);
         let encoded = codec::encode_async(data).await?;
+        if let Some(spill) = self.inner.spill.as_ref().filter(|s| encoded.len() > s.threshold) {
+            let len = encoded.len();
+            spill.tier.put(id, encoded).await?;
+            let mut pointer = POINTER.to_vec();
+            pointer.extend_from_slice(len.to_string().as_bytes());
+            let mut conn = self.conn().await?;
+            let mut pipe = ::redis::pipe();
+            let set = pipe.cmd("SET").arg(id).arg(pointer);
+            if let Some(ttl) = ttl {
+                set.arg("PX").arg(millis(ttl));
+            }
+            set.ignore();
+            pipe.cmd("DEL").arg(chunks_key(id)).ignore();
+            return pipe
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| map_redis(e, format_args!("writing the S3 pointer of artifact {id}")));
+        }
         if encoded.len() > BACKPRESSURE_THRESHOLD {
             self.wait_for_memory(id, encoded.len()).await?;
         }
@@ -389,7 +440,11 @@ impl ArtifactClient for RedisStore {
             .arg(chunks_key(id))
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| map_redis(e, format_args!("deleting artifact {id}")))
+            .map_err(|e| map_redis(e, format_args!("deleting artifact {id}")))?;
+        match &self.inner.spill {
+            Some(spill) => spill.tier.delete(&[id.to_string()]).await,
+            None => Ok(()),
+        }
     }
 
     async fn delete_batch(&self, artifacts: &[impl ArtifactId], _artifact_type: ArtifactType) -> Result<()> {
@@ -404,6 +459,10 @@ impl ArtifactClient for RedisStore {
             }
             cmd.query_async::<()>(&mut conn).await.map_err(|e| map_redis(e, format_args!("deleting {} artifacts", artifacts.len())))?;
         }
+        if let Some(spill) = &self.inner.spill {
+            let ids: Vec<String> = artifacts.iter().map(|a| a.id().to_string()).collect();
+            spill.tier.delete(&ids).await?;
+        }
         Ok(())
     }
 }
@@ -414,6 +473,7 @@ impl ArtifactClient for RedisStore {
 mod live {
     use super::*;
     use crate::artifacts::{codec::tests::random_bytes, is_transient, ArtifactStore};
+    use sp1_prover_types::Artifact;
 
     fn redis_url() -> String {
         std::env::var("REDIS_URL").expect(
@@ -436,6 +496,40 @@ mod live {
 
     async fn raw(store: &RedisStore) -> ConnectionManager {
         store.conn().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn values_over_the_spill_threshold_live_in_s3_behind_a_pointer() {
+        let Ok(endpoint) = std::env::var("PROOFJOBS_S3_ENDPOINT") else {
+            panic!("PROOFJOBS_S3_ENDPOINT is not set: run `eval \"$(scripts/services.sh start)\"` first")
+        };
+        let tier = crate::artifacts::s3::S3Tier::connect(crate::artifacts::s3::S3Config {
+            endpoint: Some(endpoint),
+            bucket: "proofjobs-live-tests".into(),
+            prefix: "spill/".into(),
+            part_size: crate::artifacts::s3::S3Config::MIN_PART,
+            concurrency: 4,
+            path_style: true,
+        })
+        .await
+        .unwrap();
+        tier.ensure_bucket().await.unwrap();
+        let spill = Spill { tier: tier.clone(), threshold: 1 << 20 };
+        let store = RedisStore::connect_with_spill(&redis_url(), StoreConfig::default(), Some(spill)).await.unwrap();
+        let (big, small) = (new_id(), new_id());
+        // Random bytes do not compress: the encoded value stays over the threshold.
+        let data = random_bytes(40 << 20, 11);
+        store.upload_raw(&Artifact(big.clone()), ArtifactType::UnspecifiedArtifactType, data.clone()).await.unwrap();
+        store.upload_raw(&Artifact(small.clone()), ArtifactType::UnspecifiedArtifactType, vec![7; 1000]).await.unwrap();
+        let mut conn = raw(&store).await;
+        let pointer: Vec<u8> = ::redis::cmd("GET").arg(&big).query_async(&mut conn).await.unwrap();
+        assert!(pointer.starts_with(POINTER) && pointer.len() < 64, "Redis holds a pointer, {} bytes", pointer.len());
+        assert!(pttl(&mut conn, &big).await > 0, "the pointer carries the intermediate TTL");
+        let back = store.download_raw(&Artifact(big.clone()), ArtifactType::UnspecifiedArtifactType).await.unwrap();
+        assert!(back == data, "the spilled value came back different");
+        assert!(tier.get(&small, 1 << 20).await.is_err(), "a small value stays in Redis only");
+        store.delete(&Artifact(big.clone()), ArtifactType::UnspecifiedArtifactType).await.unwrap();
+        assert!(crate::artifacts::is_not_found(&tier.get(&big, usize::MAX).await.unwrap_err()), "deleting removes the object");
     }
 
     async fn pttl(conn: &mut ConnectionManager, key: &str) -> i64 {

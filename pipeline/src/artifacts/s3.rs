@@ -1,8 +1,8 @@
 //! The S3 tier of the artifact store: values too large to keep in Redis (its 512 MiB value limit,
 //! and the memory a 280-billion-cycle proof's shards would take) live as objects in a bucket of
 //! any S3-compatible endpoint, written with parallel multipart uploads and read back with parallel
-//! ranged GETs. Work in progress: not yet wired into `RedisStore` (the spill threshold and the
-//! pointer record in Redis come next).
+//! ranged GETs. `RedisStore` keeps a pointer record in Redis for each value it spills here (see
+//! `redis.rs`, `Spill`). Work in progress: the store URL does not configure the tier yet.
 
 use anyhow::Result;
 use aws_sdk_s3::{
