@@ -88,6 +88,37 @@ pub(crate) fn ttl_for(artifact_type: ArtifactType, config: &StoreConfig) -> Opti
     }
 }
 
+/// Splits the S3 tier's settings off a Redis store URL, so that the one `artifact-store` value
+/// every process reads also names the tier: `redis://host:6379/?spill=s3://bucket/prefix/`
+/// `&spill_endpoint=http://127.0.0.1:59014&spill_threshold=268435456&spill_path_style=true`.
+/// Returns the URL for Redis (without those parameters) and the tier's settings with the
+/// threshold in bytes (default 256 MiB); credentials come from the AWS chain.
+pub fn split_spill(url: &str) -> Result<(String, Option<(s3::S3Config, usize)>)> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((url.to_string(), None)) };
+    let (mut kept, mut target, mut endpoint, mut threshold, mut path_style) = (Vec::new(), None, None, 256usize << 20, false);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "spill" => target = Some(value.to_string()),
+            "spill_endpoint" => endpoint = Some(value.to_string()),
+            "spill_threshold" => threshold = value.parse().with_context(|| format!("spill_threshold={value:?} is not a byte count"))?,
+            "spill_path_style" => path_style = value == "true",
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    let Some(target) = target else {
+        anyhow::ensure!(endpoint.is_none(), "spill_endpoint without spill=s3://bucket/prefix in the artifact store URL");
+        return Ok((url, None));
+    };
+    let rest = target.strip_prefix("s3://").with_context(|| format!("spill={target:?}: expected s3://bucket/prefix"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    anyhow::ensure!(!bucket.is_empty(), "spill={target:?} names no bucket");
+    let config =
+        s3::S3Config { endpoint, bucket: bucket.to_string(), prefix: prefix.to_string(), part_size: 16 << 20, concurrency: 8, path_style };
+    Ok((url, Some((config, threshold))))
+}
+
 /// The artifact store: Redis in cluster mode, a directory in embedded mode.
 #[derive(Clone)]
 pub enum ArtifactStore {
@@ -107,7 +138,12 @@ impl ArtifactStore {
     /// (the directory is created).
     pub async fn connect(url: &str, config: StoreConfig) -> Result<ArtifactStore> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
-            Ok(ArtifactStore::Redis(RedisStore::connect(url, config).await?))
+            let (url, spill) = split_spill(url)?;
+            let spill = match spill {
+                Some((s3, threshold)) => Some(redis::Spill { tier: s3::S3Tier::connect(s3).await?, threshold }),
+                None => None,
+            };
+            Ok(ArtifactStore::Redis(RedisStore::connect_with_spill(&url, config, spill).await?))
         } else if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 bail!("artifact store URL {url:?} must be file:///absolute/path");
@@ -202,6 +238,28 @@ impl ArtifactClient for ArtifactStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_s3_tier_is_named_in_the_redis_url_and_taken_off_it() {
+        let (url, spill) = split_spill(
+            "redis://:pw@r:6379/0?spill=s3://bucket/artifacts/&spill_endpoint=http://127.0.0.1:59014&spill_threshold=1048576&spill_path_style=true&protocol=resp3",
+        )
+        .unwrap();
+        assert_eq!(url, "redis://:pw@r:6379/0?protocol=resp3");
+        let (s3, threshold) = spill.unwrap();
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str(), threshold, s3.path_style), ("bucket", "artifacts/", 1 << 20, true));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:59014"));
+        assert_eq!(split_spill("redis://r:6379").unwrap(), ("redis://r:6379".to_string(), None));
+        assert_eq!(split_spill("redis://r:6379/?spill=s3://b").unwrap().1.unwrap().1, 256 << 20, "default threshold");
+        for bad in [
+            "redis://r/?spill=b",
+            "redis://r/?spill=s3://",
+            "redis://r/?spill_endpoint=http://x",
+            "redis://r/?spill=s3://b&spill_threshold=big",
+        ] {
+            assert!(split_spill(bad).is_err(), "{bad}");
+        }
+    }
 
     #[tokio::test]
     async fn connect_file_url_creates_dir_and_round_trips() {

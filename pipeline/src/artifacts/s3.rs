@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::StoreError;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Config {
     /// None: AWS's own endpoint for the region; else e.g. `http://127.0.0.1:59014`.
     pub endpoint: Option<String>,
