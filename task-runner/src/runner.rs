@@ -248,6 +248,7 @@ async fn claim_loop(
         while let Some(done) = running.try_join_next() {
             match done {
                 Ok(Outcome::BadInput) => return exit::BAD_INPUT,
+                Ok(Outcome::StoreUnavailable) => return hand_back(db, runner_id, &mut running).await,
                 Ok(Outcome::Done) => {}
                 Err(e) => tracing::error!("task panicked: {e}"),
             }
@@ -311,9 +312,11 @@ async fn claim_loop(
 
         tokio::select! {
             _ = wait_for(&mut wake, Some(&args.proof_id), Duration::from_millis(500)) => {}
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok(Outcome::BadInput) = done { return exit::BAD_INPUT; }
-            }
+            Some(done) = running.join_next(), if !running.is_empty() => match done {
+                Ok(Outcome::BadInput) => return exit::BAD_INPUT,
+                Ok(Outcome::StoreUnavailable) => return hand_back(db, runner_id, &mut running).await,
+                _ => {}
+            },
             _ = sigterm.recv() => return hand_back(db, runner_id, &mut running).await,
             _ = sigint.recv() => return hand_back(db, runner_id, &mut running).await,
         }

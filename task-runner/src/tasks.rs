@@ -28,6 +28,9 @@ pub enum Outcome {
     Done,
     /// The proof's own input is unusable; the proof was failed with the reason.
     BadInput,
+    /// The artifact store (Redis or its S3 tier) cannot be reached: the runner hands its tasks
+    /// back uncounted and exits 75, and the dispatcher starts another after a backoff.
+    StoreUnavailable,
 }
 
 pub struct TaskContext {
@@ -98,6 +101,12 @@ impl TaskContext {
                 let _ = self.db.finish_proof(&task.proof_id, ProofStatus::Failed, Some(&reason), None, None).await;
                 let _ = self.db.set_runner_error(&self.runner_id, &reason).await;
                 Outcome::BadInput
+            }
+            // SP1's worker reports a store error as fatal whatever it was; one that says the
+            // store is unreachable for now must not fail the task, let alone the proof.
+            Err(Failure::Task(TaskError::Retryable(e) | TaskError::Fatal(e))) if proofjobs_pipeline::artifacts::is_transient(&e) => {
+                tracing::error!(task = %task.id, kind = kind.as_str_name(), secs, "artifact store unavailable, handing the work back: {e:#}");
+                Outcome::StoreUnavailable
             }
             Err(Failure::Task(err)) => {
                 let (retryable, message) = match &err {

@@ -42,3 +42,64 @@ async fn a_core_proof_with_its_artifacts_in_s3_verifies() {
     db.close().await;
     cluster.shutdown().await;
 }
+
+/// S3 goes away while a proof's shards are being proved and comes back 20 s later: runners that
+/// hit it hand their work back (exit 75, retried uncounted) and the proof completes and verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_lost_mid_proof_is_transient_and_the_proof_completes() {
+    init_tracing();
+    let _prover = prover_lock().await;
+    let endpoint = required_env("PROOFJOBS_S3_ENDPOINT");
+    let services = required_env("PROOFJOBS_SERVICES_DIR");
+    let prefix = format!("spill-outage-{}/", uuid::Uuid::now_v7().simple());
+    let store = format!(
+        "{}/?spill=s3://proofjobs-live-tests/{prefix}&spill_endpoint={endpoint}&spill_threshold=1024&spill_path_style=true",
+        redis_url()
+    );
+    let cluster = Cluster::start(Some(store), &[]).await.unwrap();
+    let mut client = cluster.client().await;
+    let id = submit(&cluster, "core", FIBONACCI_ELF, &fibonacci_stdin(fibonacci_n_for_cycles(100_000)), 0).await.unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let p = client.get(proofjobs_api::proto::GetRequest { proof_id: id.clone() }).await.unwrap().into_inner();
+        if p.stages.iter().any(|s| s.stage == "prove-core" && s.running > 0) {
+            break;
+        }
+        assert_ne!(p.status, "failed", "{}", p.failure_cause);
+        assert!(started.elapsed() < Duration::from_secs(600), "no shard proving started");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let pid = std::fs::read_to_string(format!("{services}/s3s.pid")).unwrap();
+    assert!(std::process::Command::new("kill").arg(pid.trim()).status().unwrap().success());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let restarted = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh"))
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
+
+    let proof = wait_finished(&mut client, &id, Duration::from_secs(1200)).await.unwrap();
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, cluster.runner_logs());
+    let db = cluster.db.db().await;
+    let exits: Vec<Option<i32>> =
+        sqlx::query_scalar("SELECT exit_code FROM runners WHERE proof_id = $1").bind(&id).fetch_all(db.pool()).await.unwrap();
+    let failures: i64 = sqlx::query_scalar("SELECT coalesce(sum(failures), 0)::int8 FROM runner_groups WHERE proof_id = $1")
+        .bind(&id)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    println!("runner exits during the outage: {exits:?}; counted failures {failures}");
+    assert!(exits.contains(&Some(75)), "no runner handed its work back during the outage: {exits:?}");
+    assert_eq!(failures, 0, "the outage was counted as runner failures");
+    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let path = cluster.dir.path().join("outage.proof");
+    std::fs::write(&path, bytes).unwrap();
+    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    db.close().await;
+    cluster.shutdown().await;
+}
