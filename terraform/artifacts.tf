@@ -1,7 +1,9 @@
 # The artifact spill bucket: private (public access blocked, bucket-owner objects, TLS only),
 # encrypted at rest, objects expired after var.artifact_retention_days and failed multipart
-# uploads cleaned up after a day. Only the api and runner ServiceAccounts of the proofjobs
-# namespace get a role for it (EKS Pod Identity); the dispatcher and everything else get none.
+# uploads cleaned up after a day, intermediates (objects tagged proofjobs-class=intermediate)
+# after var.intermediate_retention_days. The api and runner ServiceAccounts of the proofjobs
+# namespace get a role to read and write it (EKS Pod Identity); the dispatcher, which sweeps what
+# ended proofs leave, gets one that may only delete; everything else gets none.
 
 resource "aws_s3_bucket" "artifacts" {
   bucket_prefix = "${var.cluster_name}-artifacts-"
@@ -48,6 +50,24 @@ resource "aws_s3_bucket_lifecycle_configuration" "artifacts" {
 
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
+    }
+  }
+
+  # A backstop only: the dispatcher deletes a proof's intermediates when it ends, and Redis expires
+  # their pointers sooner; objects whose pointer expired are gone from the bucket within this.
+  rule {
+    id     = "expire-intermediates"
+    status = "Enabled"
+
+    filter {
+      tag {
+        key   = "proofjobs-class"
+        value = "intermediate"
+      }
+    }
+
+    expiration {
+      days = var.intermediate_retention_days
     }
   }
 }
@@ -125,6 +145,35 @@ resource "aws_eks_pod_identity_association" "artifacts_runner" {
   namespace       = var.namespace
   service_account = var.runner_service_account
   role_arn        = aws_iam_role.artifacts.arn
+
+  depends_on = [aws_eks_addon.pod_identity_agent]
+}
+
+# The dispatcher's sweep: delete objects of this bucket, nothing else.
+data "aws_iam_policy_document" "artifacts_sweep" {
+  statement {
+    sid       = "DeleteObjects"
+    actions   = ["s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.artifacts.arn}/*"]
+  }
+}
+
+resource "aws_iam_role" "artifacts_sweep" {
+  name               = "${var.cluster_name}-artifacts-sweep"
+  assume_role_policy = data.aws_iam_policy_document.pod_identity_trust.json
+}
+
+resource "aws_iam_role_policy" "artifacts_sweep" {
+  name   = "artifacts-bucket-delete"
+  role   = aws_iam_role.artifacts_sweep.id
+  policy = data.aws_iam_policy_document.artifacts_sweep.json
+}
+
+resource "aws_eks_pod_identity_association" "artifacts_dispatcher" {
+  cluster_name    = aws_eks_cluster.this.name
+  namespace       = var.namespace
+  service_account = var.dispatcher_service_account
+  role_arn        = aws_iam_role.artifacts_sweep.arn
 
   depends_on = [aws_eks_addon.pod_identity_agent]
 }

@@ -18,7 +18,7 @@ output "kubeconfig_command" {
 }
 
 output "artifacts_bucket" {
-  description = "S3 bucket for artifact spill (reachable from the api and runner ServiceAccounts only)."
+  description = "S3 bucket for artifact spill (read and written by the api and runner ServiceAccounts, deleted from by the dispatcher's)."
   value       = aws_s3_bucket.artifacts.bucket
 }
 
@@ -32,7 +32,7 @@ output "service_accounts" {
   value = {
     (var.api_service_account)        = aws_iam_role.artifacts.arn
     (var.runner_service_account)     = aws_iam_role.artifacts.arn
-    (var.dispatcher_service_account) = null
+    (var.dispatcher_service_account) = aws_iam_role.artifacts_sweep.arn
   }
 }
 

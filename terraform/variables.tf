@@ -120,9 +120,15 @@ variable "gpus_per_node" {
 }
 
 variable "artifact_retention_days" {
-  description = "Days after which spilled artifacts in the S3 bucket expire."
+  description = "Days after which any object in the artifact bucket expires; keep it at least the dispatcher's PROOFJOBS_PROOF_RETENTION_SECS, or spilled final proofs go first."
   type        = number
   default     = 7
+}
+
+variable "intermediate_retention_days" {
+  description = "Days after which spilled intermediates (objects tagged proofjobs-class=intermediate) expire, a backstop for the dispatcher's sweep."
+  type        = number
+  default     = 1
 }
 
 variable "ecr_keep_images" {
@@ -180,7 +186,7 @@ variable "api_service_account" {
 }
 
 variable "dispatcher_service_account" {
-  description = "ServiceAccount of the dispatcher (no AWS access: it only talks to Kubernetes and the database)."
+  description = "ServiceAccount of the dispatcher (its AWS access: deleting objects of the artifact bucket, for the sweep after proofs end)."
   type        = string
   default     = "proofjobs-dispatcher"
 }

@@ -10,7 +10,7 @@ use std::{
 };
 
 use proofjobs_pipeline::{
-    artifacts::ArtifactStore,
+    artifacts::{self, ArtifactStore},
     bus::PgBus,
     stage::Stage,
     state::{ClaimedTask, Db, ProofStatus, TaskState},
@@ -104,9 +104,27 @@ impl TaskContext {
             }
             // SP1's worker reports a store error as fatal whatever it was; one that says the
             // store is unreachable for now must not fail the task, let alone the proof.
-            Err(Failure::Task(TaskError::Retryable(e) | TaskError::Fatal(e))) if proofjobs_pipeline::artifacts::is_transient(&e) => {
+            Err(Failure::Task(TaskError::Retryable(e) | TaskError::Fatal(e))) if artifacts::is_transient(&e) => {
                 tracing::error!(task = %task.id, kind = kind.as_str_name(), secs, "artifact store unavailable, handing the work back: {e:#}");
                 Outcome::StoreUnavailable
+            }
+            // A store that lost data (Redis restarted without persistence, a value evicted or
+            // flushed) cannot give it back: no retry helps, so the proof fails naming what is gone.
+            Err(Failure::Task(TaskError::Retryable(e) | TaskError::Fatal(e))) if artifacts::is_not_found(&e) => {
+                let id = artifacts::missing_artifact(&e).unwrap_or_default();
+                let cause = format!(
+                    "{} lost: artifact {id} is gone from the artifact store {} (was it restarted or flushed without persistence?): {e:#}",
+                    kind.as_str_name(),
+                    self.store.describe()
+                );
+                tracing::error!(task = %task.id, secs, "{cause}");
+                if let Ok(None) = self.db.fail_task(&task.id, &task.claim(), &cause, false).await {
+                    claim_lost(&task);
+                    return Outcome::Done;
+                }
+                let _ = self.db.finish_proof(&task.proof_id, ProofStatus::Failed, Some(&cause), None, None).await;
+                let _ = self.db.set_runner_error(&self.runner_id, &cause).await;
+                Outcome::Done
             }
             Err(Failure::Task(err)) => {
                 let (retryable, message) = match &err {
@@ -302,8 +320,11 @@ fn retryable(e: anyhow::Error) -> Failure {
 }
 
 fn load_failure(what: &str, id: &str, e: anyhow::Error) -> Failure {
-    if proofjobs_pipeline::artifacts::is_transient(&e) {
+    if artifacts::is_transient(&e) {
         retryable(e.context(format!("loading {what} artifact {id}")))
+    } else if artifacts::is_not_found(&e) {
+        // The api saw it stored when the proof was submitted: it is lost, not bad input.
+        fatal(e.context(format!("loading the {what}")))
     } else {
         Failure::BadInput(format!("{what} artifact {id} could not be read: {e:#}"))
     }

@@ -473,7 +473,7 @@ fn cluster_autoscaler_and_device_plugin_are_pinned_helm_releases() {
 }
 
 #[test]
-fn artifact_bucket_expires_objects_and_only_api_and_runner_reach_it() {
+fn artifact_bucket_expires_objects_and_only_api_and_runner_reach_it_the_dispatcher_only_deletes() {
     let config = Config::load();
     // Lifecycle: an enabled rule that expires objects and aborts stale multipart uploads.
     let lifecycle = config.resources("aws_s3_bucket_lifecycle_configuration");
@@ -507,64 +507,86 @@ fn artifact_bucket_expires_objects_and_only_api_and_runner_reach_it() {
         "the artifact bucket must have server-side encryption configured"
     );
 
-    // The bucket role: assumable by EKS Pod Identity only, allowed S3 on this bucket only.
-    let role = config.resource("aws_iam_role", "artifacts").body();
-    let trust = config.policy_statements(attr(role, "assume_role_policy").unwrap());
-    assert_eq!(trust.len(), 1, "the artifact role's trust policy must have exactly one statement");
-    let actions: BTreeSet<String> = config.strings(attr(trust[0].body(), "actions").unwrap()).into_iter().collect();
-    assert_eq!(
-        actions,
-        BTreeSet::from(["sts:AssumeRole".into(), "sts:TagSession".into()]),
-        "EKS Pod Identity trust needs exactly these actions"
-    );
-    let principals = child_block(trust[0].body(), "principals", "the artifact role's trust statement").body();
-    assert_eq!(
-        config.strings(attr(principals, "identifiers").unwrap()),
-        vec!["pods.eks.amazonaws.com".to_string()],
-        "the artifact role must be assumable by EKS Pod Identity only"
-    );
-    let policies: Vec<&Block> = config
-        .resources("aws_iam_role_policy")
-        .into_values()
-        .filter(|p| attr(p.body(), "role").and_then(reference).is_some_and(|r| r.starts_with("aws_iam_role.artifacts.")))
-        .collect();
-    assert!(!policies.is_empty(), "the artifact role has no policy");
-    for statement in policies.iter().flat_map(|p| config.policy_statements(attr(p.body(), "policy").unwrap())) {
-        for action in config.strings(attr(statement.body(), "actions").unwrap()) {
-            assert!(action.starts_with("s3:") && action != "s3:*", "the artifact role may only use named S3 actions, has {action}");
-        }
-        for resource in config.strings(attr(statement.body(), "resources").unwrap()) {
-            assert!(
-                resource.starts_with("aws_s3_bucket.artifacts.arn") || resource.starts_with("\"${aws_s3_bucket.artifacts.arn}"),
-                "the artifact role's policy must be scoped to the artifact bucket, names {resource}"
-            );
-        }
-    }
-    let attached: Vec<String> = config
-        .resources("aws_iam_role_policy_attachment")
-        .into_iter()
-        .filter(|(_, a)| attr(a.body(), "role").and_then(reference).is_some_and(|r| r.starts_with("aws_iam_role.artifacts.")))
-        .map(|(name, _)| name)
-        .collect();
-    assert!(attached.is_empty(), "no managed policy may be attached to the artifact role, found {attached:?}");
+    // Intermediates expire sooner: an enabled rule filtered on their tag.
+    let intermediate_days = rules
+        .iter()
+        .filter(|r| enabled(r))
+        .filter(|r| {
+            child_blocks(r.body(), "filter").iter().flat_map(|f| child_blocks(f.body(), "tag")).any(|t| {
+                attr(t.body(), "key").and_then(|k| config.resolve_str(k)).as_deref() == Some("proofjobs-class")
+                    && attr(t.body(), "value").and_then(|v| config.resolve_str(v)).as_deref() == Some("intermediate")
+            })
+        })
+        .flat_map(|r| child_blocks(r.body(), "expiration"))
+        .filter_map(|e| attr(e.body(), "days").and_then(|d| config.resolve_u64(d)))
+        .next();
+    assert_eq!(intermediate_days, Some(1), "objects tagged proofjobs-class=intermediate must expire after 1 day by default");
 
-    // Who gets the role: exactly the api and runner ServiceAccounts of the proofjobs namespace.
-    let mut granted = BTreeSet::new();
-    for (name, association) in config.resources("aws_eks_pod_identity_association") {
-        let body = association.body();
-        if !attr(body, "role_arn").and_then(reference).is_some_and(|r| r.starts_with("aws_iam_role.artifacts.")) {
-            continue;
+    // Each bucket role: assumable by EKS Pod Identity only, allowed named S3 actions on this bucket only.
+    let role_actions = |role: &str| -> BTreeSet<String> {
+        let body = config.resource("aws_iam_role", role).body();
+        let trust = config.policy_statements(attr(body, "assume_role_policy").unwrap());
+        assert_eq!(trust.len(), 1, "the {role} role's trust policy must have exactly one statement");
+        let actions: BTreeSet<String> = config.strings(attr(trust[0].body(), "actions").unwrap()).into_iter().collect();
+        assert_eq!(
+            actions,
+            BTreeSet::from(["sts:AssumeRole".into(), "sts:TagSession".into()]),
+            "EKS Pod Identity trust needs exactly these actions"
+        );
+        let principals = child_block(trust[0].body(), "principals", "the role's trust statement").body();
+        assert_eq!(
+            config.strings(attr(principals, "identifiers").unwrap()),
+            vec!["pods.eks.amazonaws.com".to_string()],
+            "the {role} role must be assumable by EKS Pod Identity only"
+        );
+        let prefix = format!("aws_iam_role.{role}.");
+        let of_role = |b: &&Block| attr(b.body(), "role").and_then(reference).is_some_and(|r| r.starts_with(&prefix));
+        let policies: Vec<&Block> = config.resources("aws_iam_role_policy").into_values().filter(of_role).collect();
+        assert!(!policies.is_empty(), "the {role} role has no policy");
+        let attached = config.resources("aws_iam_role_policy_attachment").into_values().filter(of_role).count();
+        assert_eq!(attached, 0, "no managed policy may be attached to the {role} role");
+        let mut all = BTreeSet::new();
+        for statement in policies.iter().flat_map(|p| config.policy_statements(attr(p.body(), "policy").unwrap())) {
+            for action in config.strings(attr(statement.body(), "actions").unwrap()) {
+                assert!(action.starts_with("s3:") && action != "s3:*", "the {role} role may only use named S3 actions, has {action}");
+                all.insert(action);
+            }
+            for resource in config.strings(attr(statement.body(), "resources").unwrap()) {
+                assert!(
+                    resource.starts_with("aws_s3_bucket.artifacts.arn") || resource.starts_with("\"${aws_s3_bucket.artifacts.arn}"),
+                    "the {role} role's policy must be scoped to the artifact bucket, names {resource}"
+                );
+            }
         }
-        assert!(attr(body, "for_each").is_none() && attr(body, "count").is_none(), "{name}: name one ServiceAccount per association");
-        let namespace = attr(body, "namespace").and_then(|n| config.resolve_str(n));
-        assert_eq!(namespace.as_deref(), Some("proofjobs"), "{name} gives the artifact bucket to a namespace other than proofjobs");
-        granted.insert(attr(body, "service_account").and_then(|s| config.resolve_str(s)).unwrap_or_default());
-    }
+        all
+    };
+    let granted_to = |role: &str| -> BTreeSet<String> {
+        let prefix = format!("aws_iam_role.{role}.");
+        let mut granted = BTreeSet::new();
+        for (name, association) in config.resources("aws_eks_pod_identity_association") {
+            let body = association.body();
+            if !attr(body, "role_arn").and_then(reference).is_some_and(|r| r.starts_with(&prefix)) {
+                continue;
+            }
+            assert!(attr(body, "for_each").is_none() && attr(body, "count").is_none(), "{name}: name one ServiceAccount per association");
+            let namespace = attr(body, "namespace").and_then(|n| config.resolve_str(n));
+            assert_eq!(namespace.as_deref(), Some("proofjobs"), "{name} gives the artifact bucket to a namespace other than proofjobs");
+            granted.insert(attr(body, "service_account").and_then(|s| config.resolve_str(s)).unwrap_or_default());
+        }
+        granted
+    };
+    assert!(role_actions("artifacts").is_superset(&BTreeSet::from(["s3:GetObject".into(), "s3:PutObject".into()])));
     assert_eq!(
-        granted,
+        granted_to("artifacts"),
         BTreeSet::from(["proofjobs-api".to_string(), "proofjobs-runner".to_string()]),
-        "exactly the proofjobs-api and proofjobs-runner ServiceAccounts may reach the artifact bucket (not the dispatcher)"
+        "exactly the proofjobs-api and proofjobs-runner ServiceAccounts may read and write the artifact bucket"
     );
+    assert_eq!(
+        role_actions("artifacts_sweep"),
+        BTreeSet::from(["s3:DeleteObject".to_string()]),
+        "the dispatcher's sweep role may only delete objects"
+    );
+    assert_eq!(granted_to("artifacts_sweep"), BTreeSet::from(["proofjobs-dispatcher".to_string()]), "only the dispatcher sweeps");
 }
 
 #[test]

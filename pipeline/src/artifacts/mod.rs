@@ -76,7 +76,15 @@ pub fn is_too_large(err: &anyhow::Error) -> bool {
 
 /// True when `err` says the artifact does not exist.
 pub fn is_not_found(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| matches!(e.downcast_ref::<StoreError>(), Some(StoreError::NotFound(_))))
+    missing_artifact(err).is_some()
+}
+
+/// The id of the artifact `err` found missing, if that is what it says.
+pub fn missing_artifact(err: &anyhow::Error) -> Option<&str> {
+    err.chain().find_map(|e| match e.downcast_ref::<StoreError>() {
+        Some(StoreError::NotFound(id)) => Some(id.as_str()),
+        _ => None,
+    })
 }
 
 /// TTL policy: inputs and outputs of a proof live until their owner expires them; everything
@@ -92,15 +100,18 @@ pub(crate) fn ttl_for(artifact_type: ArtifactType, config: &StoreConfig) -> Opti
 /// every process reads also names the tier: `redis://host:6379/?spill=s3://bucket/prefix/`
 /// `&spill_endpoint=http://127.0.0.1:59014&spill_threshold=268435456&spill_path_style=true`.
 /// Returns the URL for Redis (without those parameters) and the tier's settings with the
-/// threshold in bytes (default 256 MiB); credentials come from the AWS chain.
+/// threshold in bytes (default 256 MiB). `spill_region=` names the bucket's region (else the
+/// AWS chain's); credentials come from the AWS chain.
 pub fn split_spill(url: &str) -> Result<(String, Option<(s3::S3Config, usize)>)> {
     let Some((base, query)) = url.split_once('?') else { return Ok((url.to_string(), None)) };
-    let (mut kept, mut target, mut endpoint, mut threshold, mut path_style) = (Vec::new(), None, None, 256usize << 20, false);
+    let (mut kept, mut target, mut endpoint, mut region, mut threshold, mut path_style) =
+        (Vec::new(), None, None, None, 256usize << 20, false);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "spill" => target = Some(value.to_string()),
             "spill_endpoint" => endpoint = Some(value.to_string()),
+            "spill_region" => region = Some(value.to_string()),
             "spill_threshold" => threshold = value.parse().with_context(|| format!("spill_threshold={value:?} is not a byte count"))?,
             "spill_path_style" => path_style = value == "true",
             _ => kept.push(pair),
@@ -108,14 +119,24 @@ pub fn split_spill(url: &str) -> Result<(String, Option<(s3::S3Config, usize)>)>
     }
     let url = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
     let Some(target) = target else {
-        anyhow::ensure!(endpoint.is_none(), "spill_endpoint without spill=s3://bucket/prefix in the artifact store URL");
+        anyhow::ensure!(
+            endpoint.is_none() && region.is_none(),
+            "spill_endpoint or spill_region without spill=s3://bucket/prefix in the artifact store URL"
+        );
         return Ok((url, None));
     };
     let rest = target.strip_prefix("s3://").with_context(|| format!("spill={target:?}: expected s3://bucket/prefix"))?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     anyhow::ensure!(!bucket.is_empty(), "spill={target:?} names no bucket");
-    let config =
-        s3::S3Config { endpoint, bucket: bucket.to_string(), prefix: prefix.to_string(), part_size: 16 << 20, concurrency: 8, path_style };
+    let config = s3::S3Config {
+        endpoint,
+        bucket: bucket.to_string(),
+        region,
+        prefix: prefix.to_string(),
+        part_size: 16 << 20,
+        concurrency: 8,
+        path_style,
+    };
     Ok((url, Some((config, threshold))))
 }
 
@@ -250,11 +271,14 @@ mod tests {
         assert_eq!((s3.bucket.as_str(), s3.prefix.as_str(), threshold, s3.path_style), ("bucket", "artifacts/", 1 << 20, true));
         assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:59014"));
         assert_eq!(split_spill("redis://r:6379").unwrap(), ("redis://r:6379".to_string(), None));
-        assert_eq!(split_spill("redis://r:6379/?spill=s3://b").unwrap().1.unwrap().1, 256 << 20, "default threshold");
+        let (s3, threshold) = split_spill("redis://r:6379/?spill=s3://b&spill_region=eu-west-1").unwrap().1.unwrap();
+        assert_eq!(threshold, 256 << 20, "default threshold");
+        assert_eq!((s3.region.as_deref(), s3.endpoint, s3.prefix.as_str()), (Some("eu-west-1"), None, ""));
         for bad in [
             "redis://r/?spill=b",
             "redis://r/?spill=s3://",
             "redis://r/?spill_endpoint=http://x",
+            "redis://r/?spill_region=eu-west-1",
             "redis://r/?spill=s3://b&spill_threshold=big",
         ] {
             assert!(split_spill(bad).is_err(), "{bad}");
@@ -303,6 +327,9 @@ mod tests {
         assert!(!is_transient(&anyhow::Error::new(StoreError::NotFound("x".into()))));
         assert!(!is_transient(&anyhow::Error::new(StoreError::Corrupt("x".into()))));
         assert!(is_not_found(&anyhow::Error::new(StoreError::NotFound("x".into()))));
+        let wrapped = anyhow::Error::new(StoreError::NotFound("shard-7".into())).context("proving a shard");
+        assert_eq!(missing_artifact(&wrapped), Some("shard-7"));
+        assert_eq!(missing_artifact(&anyhow::anyhow!("artifact shard-7 not found")), None);
         let io = ::redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(is_transient(&anyhow::Error::new(io)));
     }

@@ -353,7 +353,7 @@ impl ArtifactClient for RedisStore {
         let encoded = codec::encode_async(data).await?;
         if let Some(spill) = self.inner.spill.as_ref().filter(|s| encoded.len() > s.threshold) {
             let len = encoded.len();
-            spill.tier.put(id, encoded).await?;
+            spill.tier.put(id, encoded, ttl.is_some()).await?;
             let mut pointer = POINTER.to_vec();
             pointer.extend_from_slice(len.to_string().as_bytes());
             let mut conn = self.conn().await?;
@@ -506,6 +506,7 @@ mod live {
         let tier = crate::artifacts::s3::S3Tier::connect(crate::artifacts::s3::S3Config {
             endpoint: Some(endpoint),
             bucket: "proofjobs-live-tests".into(),
+            region: None,
             prefix: "spill/".into(),
             part_size: crate::artifacts::s3::S3Config::MIN_PART,
             concurrency: 4,
@@ -538,6 +539,7 @@ mod live {
         let tier = crate::artifacts::s3::S3Tier::connect(crate::artifacts::s3::S3Config {
             endpoint: Some(endpoint),
             bucket: "proofjobs-live-tests".into(),
+            region: None,
             prefix: "spill/".into(),
             part_size: 16 << 20,
             concurrency: 8,
@@ -568,7 +570,7 @@ mod live {
         let mut stored = tier.get(&id, usize::MAX).await.unwrap();
         let middle = stored.len() / 2;
         stored[middle] ^= 0x55;
-        tier.put(&id, stored).await.unwrap();
+        tier.put(&id, stored, true).await.unwrap();
         let damaged = store.download_raw(&Artifact(id.clone()), ArtifactType::UnspecifiedArtifactType).await.unwrap_err();
         assert!(damaged.chain().any(|e| matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Corrupt(_)))), "{damaged:#}");
         store.delete(&Artifact(id), ArtifactType::UnspecifiedArtifactType).await.unwrap();

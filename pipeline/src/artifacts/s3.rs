@@ -2,7 +2,7 @@
 //! and the memory a 280-billion-cycle proof's shards would take) live as objects in a bucket of
 //! any S3-compatible endpoint, written with parallel multipart uploads and read back with parallel
 //! ranged GETs. `RedisStore` keeps a pointer record in Redis for each value it spills here (see
-//! `redis.rs`, `Spill`). Work in progress: the store URL does not configure the tier yet.
+//! `redis.rs`, `Spill`); the `spill=` parameters of the store URL configure it (`split_spill`).
 
 use anyhow::Result;
 use aws_sdk_s3::{
@@ -20,6 +20,8 @@ pub struct S3Config {
     /// None: AWS's own endpoint for the region; else e.g. `http://127.0.0.1:59014`.
     pub endpoint: Option<String>,
     pub bucket: String,
+    /// None: the AWS chain's region (environment, profile), else us-east-1.
+    pub region: Option<String>,
     /// Key prefix of every object (e.g. `artifacts/`).
     pub prefix: String,
     /// Multipart part size (S3's minimum is 5 MiB) and the ranged-read size.
@@ -33,6 +35,9 @@ pub struct S3Config {
 impl S3Config {
     pub const MIN_PART: usize = 5 << 20;
 }
+
+/// The object tag (URL-encoded, as S3's tagging header wants it) of spilled intermediates.
+pub const INTERMEDIATE_TAG: &str = "proofjobs-class=intermediate";
 
 #[derive(Clone)]
 pub struct S3Tier {
@@ -73,7 +78,9 @@ impl S3Tier {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring))
             .build_https();
-        let region = aws_config::meta::region::RegionProviderChain::default_provider().or_else("us-east-1");
+        let region = aws_config::meta::region::RegionProviderChain::first_try(config.region.clone().map(aws_config::Region::new))
+            .or_default_provider()
+            .or_else("us-east-1");
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http).region(region);
         if let Some(endpoint) = &config.endpoint {
             loader = loader.endpoint_url(endpoint);
@@ -93,6 +100,11 @@ impl S3Tier {
         format!("{}{id}", self.prefix)
     }
 
+    /// The SDK client, for callers that compare against raw S3 calls (store-bench).
+    pub fn sdk_client(&self) -> &Client {
+        &self.client
+    }
+
     /// Creates the bucket when it does not exist (tests, trials; production buckets come from terraform).
     pub async fn ensure_bucket(&self) -> Result<()> {
         if self.client.head_bucket().bucket(&self.bucket).send().await.is_ok() {
@@ -103,14 +115,17 @@ impl S3Tier {
     }
 
     /// Writes `data` under `id`: one PUT up to a part, else a multipart upload with `concurrency`
-    /// parts in flight (aborted on failure, so no orphan parts are billed).
-    pub async fn put(&self, id: &str, data: Vec<u8>) -> Result<()> {
+    /// parts in flight (aborted on failure, so no orphan parts are billed). An intermediate is
+    /// tagged `proofjobs-class=intermediate`, so a bucket lifecycle rule can expire it sooner.
+    pub async fn put(&self, id: &str, data: Vec<u8>, intermediate: bool) -> Result<()> {
         let key = self.key(id);
+        let tagging = intermediate.then(|| INTERMEDIATE_TAG.to_string());
         if data.len() <= self.part_size {
             self.client
                 .put_object()
                 .bucket(&self.bucket)
                 .key(&key)
+                .set_tagging(tagging)
                 .body(ByteStream::from(data))
                 .send()
                 .await
@@ -122,6 +137,7 @@ impl S3Tier {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(&key)
+            .set_tagging(tagging)
             .send()
             .await
             .map_err(|e| s3_error(&format!("starting the upload of artifact {id}"), e))?;
@@ -237,6 +253,7 @@ mod live {
         let tier = S3Tier::connect(S3Config {
             endpoint: Some(endpoint),
             bucket: "proofjobs-live-tests".into(),
+            region: None,
             prefix: format!("t{}/", uuid::Uuid::now_v7().simple()),
             part_size: S3Config::MIN_PART,
             concurrency: 4,
@@ -254,7 +271,7 @@ mod live {
         for len in [1 << 10, (12 << 20) + 12_345] {
             let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let id = format!("value-{len}");
-            tier.put(&id, data.clone()).await.unwrap();
+            tier.put(&id, data.clone(), len > 1 << 20).await.unwrap();
             assert!(tier.get(&id, len).await.unwrap() == data, "{len} bytes came back different");
             let refused = tier.get(&id, len - 1).await.unwrap_err();
             assert!(super::super::is_too_large(&refused), "{refused:#}");
