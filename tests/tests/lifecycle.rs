@@ -1,13 +1,31 @@
-//! Nothing left behind, on real Redis and PostgreSQL: after twenty proofs that completed,
-//! failed or were cancelled (one mid-proof, with shards in the store), the dispatcher's sweep
-//! has deleted every intermediate artifact, every remaining artifact of theirs expires, and the
-//! row retention purges their rows in batches (task messages and claims too).
+//! Nothing left behind, on real Redis, S3 (s3s-fs) and PostgreSQL: after twenty proofs that
+//! completed, failed or were cancelled (one mid-proof, with shards in the store), the dispatcher's
+//! sweep has deleted every intermediate artifact from both stores (every value over 1 KiB is
+//! spilled to S3 here), every remaining artifact of theirs expires, and the row retention purges
+//! their rows in batches (task messages and claims too).
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeSet;
+
 use proofjobs_api::proto::{CancelRequest, GetRequest};
-use proofjobs_pipeline::state::{Db, RequesterRow};
+use proofjobs_pipeline::{
+    artifacts::{s3::S3Tier, split_spill},
+    state::{Db, RequesterRow},
+};
 use proofjobs_tests::*;
+
+/// Artifact ids with an object under the tier's prefix (a listing of the bucket).
+async fn objects_in(tier: &S3Tier, bucket: &str, prefix: &str) -> BTreeSet<String> {
+    let mut pages = tier.sdk_client().list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
+    let mut ids = BTreeSet::new();
+    while let Some(page) = pages.next().await {
+        for object in page.unwrap().contents() {
+            ids.insert(object.key().unwrap_or_default().trim_start_matches(prefix).to_string());
+        }
+    }
+    ids
+}
 
 /// Artifact ids of a proof as the state names them: (program, stdin, output), intermediates.
 async fn artifacts_of(db: &Db, id: &str) -> ((String, String, String), Vec<String>) {
@@ -43,7 +61,16 @@ async fn twenty_ended_proofs_leave_no_intermediates_and_expire_then_purge() {
         ("PROOFJOBS_INPUT_RETENTION_SECS", "3600".to_string()),
         ("PROOFJOBS_PROOF_RETENTION_SECS", "7200".to_string()),
     ];
-    let mut cluster = Cluster::start_with(None, &[], sweep.clone()).await.unwrap();
+    let endpoint = required_env("PROOFJOBS_S3_ENDPOINT");
+    let prefix = format!("lifecycle-{}/", uuid::Uuid::now_v7().simple());
+    let store = format!(
+        "{}/?spill=s3://proofjobs-live-tests/{prefix}&spill_endpoint={endpoint}&spill_threshold=1024&spill_path_style=true",
+        redis_url()
+    );
+    let (_, Some((s3_config, _))) = split_spill(&store).unwrap() else { panic!("no S3 tier in {store}") };
+    let tier = S3Tier::connect(s3_config.clone()).await.unwrap();
+    tier.ensure_bucket().await.unwrap();
+    let mut cluster = Cluster::start_with(Some(store), &[], sweep.clone()).await.unwrap();
     let db = cluster.db.db().await;
     // Four proofs at a time (the quota queues the rest), so twenty fit this machine.
     db.set_requester(&RequesterRow { name: "*".into(), max_in_flight: Some(4), ..Default::default() }, &[]).await.unwrap();
@@ -67,6 +94,8 @@ async fn twenty_ended_proofs_leave_no_intermediates_and_expire_then_purge() {
         assert!(started.elapsed() < Duration::from_secs(600), "no shard was stored:\n{}", cluster.runner_logs());
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
+    let (_, midway_intermediates) = artifacts_of(&db, &midway).await;
+    let spilled_before = objects_in(&tier, &s3_config.bucket, &prefix).await.into_iter().filter(|o| midway_intermediates.contains(o)).count();
     client.cancel(CancelRequest { proof_id: midway.clone() }).await.unwrap();
 
     let mut ids = vec![midway.clone()];
@@ -123,10 +152,23 @@ async fn twenty_ended_proofs_leave_no_intermediates_and_expire_then_purge() {
             }
         }
     }
+    // The bucket holds nothing but their inputs and outputs.
+    let mut inputs_and_outputs = BTreeSet::new();
+    for id in &ids {
+        let ((program, stdin, output), _) = artifacts_of(&db, id).await;
+        inputs_and_outputs.extend([program, stdin, output]);
+    }
+    let objects = objects_in(&tier, &s3_config.bucket, &prefix).await;
+    let strays: Vec<&String> = objects.difference(&inputs_and_outputs).collect();
+    assert!(strays.is_empty(), "objects left in s3://{}/{prefix} that are no proof's input or output: {strays:?}", s3_config.bucket);
     println!(
-        "{intermediates} intermediates deleted ({stored_before} keys of the cancelled core proof); {kept} input and output keys expire"
+        "{intermediates} intermediates deleted ({stored_before} Redis keys, {spilled_before} S3 objects of the cancelled core proof); \
+         {kept} input and output keys expire; {} objects left in S3, all inputs or outputs",
+        objects.len()
     );
     assert!(intermediates > 0 && kept > 0);
+    assert!(spilled_before > 0, "no intermediate of the cancelled proof was in S3: the test did not exercise the S3 sweep");
+    assert!(!objects.is_empty(), "no program was in S3: the kept objects were not checked");
 
     // Rows: a dispatcher with a one-second row retention purges them, messages and claims too.
     cluster.kill_dispatcher();
