@@ -95,7 +95,8 @@ async fn twenty_ended_proofs_leave_no_intermediates_and_expire_then_purge() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let (_, midway_intermediates) = artifacts_of(&db, &midway).await;
-    let spilled_before = objects_in(&tier, &s3_config.bucket, &prefix).await.into_iter().filter(|o| midway_intermediates.contains(o)).count();
+    let spilled_before =
+        objects_in(&tier, &s3_config.bucket, &prefix).await.into_iter().filter(|o| midway_intermediates.contains(o)).count();
     client.cancel(CancelRequest { proof_id: midway.clone() }).await.unwrap();
 
     let mut ids = vec![midway.clone()];

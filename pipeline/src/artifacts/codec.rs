@@ -45,16 +45,23 @@ pub fn decode(id: &str, bytes: &[u8]) -> Result<Vec<u8>> {
 /// [`decode`], stopping with [`StoreError::TooLarge`] once the output would pass `limit` bytes:
 /// a small value that expands without bound (a decompression bomb) costs at most `limit`.
 pub fn decode_limited(id: &str, bytes: &[u8], limit: Option<usize>) -> Result<Vec<u8>> {
-    if !bytes.starts_with(&ZSTD_MAGIC) {
+    decode_pieces(id, &[bytes], limit)
+}
+
+/// [`decode_limited`] of a value stored in pieces (Redis chunks, S3 ranges), read in order
+/// without joining them first: a big value costs one pass over its bytes, not two.
+pub fn decode_pieces(id: &str, pieces: &[&[u8]], limit: Option<usize>) -> Result<Vec<u8>> {
+    let first = pieces.first().copied().unwrap_or_default();
+    if !first.starts_with(&ZSTD_MAGIC) {
         return Err(StoreError::Corrupt(format!(
             "artifact {id}: not an artifact value (starts with {})",
-            hex::encode(&bytes[..bytes.len().min(8)])
+            hex::encode(&first[..first.len().min(8)])
         ))
         .into());
     }
     // Any damage is reported as a checksum mismatch, whether zstd's checksum caught it or it
     // broke the frame itself.
-    match decompress(bytes, limit) {
+    match decompress(pieces, limit) {
         Ok(Some(out)) => Ok(out),
         Ok(None) => Err(StoreError::TooLarge(format!("artifact {id} decodes to more than {} bytes", limit.unwrap_or_default())).into()),
         Err(e) => Err(StoreError::Corrupt(format!("checksum mismatch for artifact {id}: the stored value is damaged ({e})")).into()),
@@ -69,28 +76,36 @@ pub async fn encode_async(data: Vec<u8>) -> Result<Vec<u8>> {
     tokio::task::spawn_blocking(move || encode(&data)).await.map_err(|e| StoreError::Other(format!("compression task failed: {e}")))?
 }
 
-/// [`decode`] on the blocking pool when `bytes` is big.
-pub async fn decode_async(id: &str, bytes: Vec<u8>, limit: Option<usize>) -> Result<Vec<u8>> {
-    if bytes.len() < BLOCKING_THRESHOLD && limit.is_none_or(|l| l < BLOCKING_THRESHOLD) {
-        return decode_limited(id, &bytes, limit);
+/// [`decode_pieces`] on the blocking pool when the value is big.
+pub async fn decode_async(id: &str, pieces: Vec<Vec<u8>>, limit: Option<usize>) -> Result<Vec<u8>> {
+    let len: usize = pieces.iter().map(Vec::len).sum();
+    if len < BLOCKING_THRESHOLD && limit.is_none_or(|l| l < BLOCKING_THRESHOLD) {
+        return decode_pieces(id, &slices(&pieces), limit);
     }
     let id = id.to_string();
-    tokio::task::spawn_blocking(move || decode_limited(&id, &bytes, limit))
+    tokio::task::spawn_blocking(move || decode_pieces(&id, &slices(&pieces), limit))
         .await
         .map_err(|e| StoreError::Other(format!("decompression task failed: {e}")))?
 }
 
-/// Decompresses one or more concatenated zstd frames; `None` when the output passes `limit`.
-fn decompress(src: &[u8], limit: Option<usize>) -> std::io::Result<Option<Vec<u8>>> {
+fn slices(pieces: &[Vec<u8>]) -> Vec<&[u8]> {
+    pieces.iter().map(Vec::as_slice).collect()
+}
+
+/// Decompresses one or more concatenated zstd frames spread over `pieces`; `None` when the
+/// output passes `limit`.
+fn decompress(pieces: &[&[u8]], limit: Option<usize>) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
     // Pre-size from the first frame's declared size when it has one (capped: it is untrusted).
     let cap = limit.unwrap_or(1 << 32);
-    let hint = match zstd::zstd_safe::get_frame_content_size(src) {
+    let stored: usize = pieces.iter().map(|p| p.len()).sum();
+    let hint = match zstd::zstd_safe::get_frame_content_size(pieces.first().copied().unwrap_or_default()) {
         Ok(Some(n)) => n.min(cap as u64) as usize,
-        _ => src.len().saturating_mul(2).min(cap),
+        _ => stored.saturating_mul(2).min(cap),
     };
     let mut out = Vec::with_capacity(hint);
-    let decoder = zstd::stream::read::Decoder::new(src)?;
+    let source = pieces.iter().fold(Box::new(std::io::empty()) as Box<dyn Read + '_>, |all, piece| Box::new(all.chain(*piece)));
+    let decoder = zstd::stream::read::Decoder::new(source)?;
     match limit {
         // One byte past the limit tells "too large" from "exactly the limit".
         Some(limit) => {
@@ -177,7 +192,19 @@ pub(crate) mod tests {
     async fn async_variants() {
         let data = random_bytes(1 << 20, 3);
         let enc = encode_async(data.clone()).await.unwrap();
-        assert_eq!(decode_async("a", enc, None).await.unwrap(), data);
+        assert_eq!(decode_async("a", vec![enc], None).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_value_in_pieces_decodes_without_joining_and_damage_in_any_piece_is_caught() {
+        let data = random_bytes(3 << 20, 9);
+        let enc = encode(&data).unwrap();
+        let pieces: Vec<Vec<u8>> = [&enc[..7], &enc[7..1_000_003], &enc[1_000_003..]].map(<[u8]>::to_vec).into();
+        assert_eq!(decode_async("p", pieces.clone(), None).await.unwrap(), data);
+        let mut damaged = pieces;
+        damaged[2][10] ^= 1;
+        let err = decode_async("p", damaged, None).await.unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
     }
 
     #[tokio::test]
@@ -187,7 +214,7 @@ pub(crate) mod tests {
         std::io::copy(&mut std::io::Read::take(std::io::repeat(0), 1 << 30), &mut encoder).unwrap();
         let bomb = encoder.finish().unwrap();
         assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
-        let err = decode_async("bomb", bomb.clone(), Some(1 << 20)).await.unwrap_err();
+        let err = decode_async("bomb", vec![bomb.clone()], Some(1 << 20)).await.unwrap_err();
         assert!(err.to_string().contains("decodes to more than 1048576 bytes"), "{err}");
         assert!(crate::artifacts::is_too_large(&err));
         // Exactly at the limit is fine.

@@ -89,7 +89,7 @@ impl ArtifactClient for FsStore {
 
     async fn download_raw(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<Vec<u8>> {
         let id = artifact.id();
-        codec::decode_async(id, self.fetch_encoded(id).await?, None).await
+        codec::decode_async(id, vec![self.fetch_encoded(id).await?], None).await
     }
 
     async fn exists(&self, artifact: &impl ArtifactId, _artifact_type: ArtifactType) -> Result<bool> {

@@ -197,7 +197,7 @@ impl ArtifactStore {
     pub async fn download_limited(&self, id: &str, limit: usize) -> Result<Vec<u8>> {
         let encoded = match self {
             ArtifactStore::Redis(s) => s.fetch_encoded(id).await?,
-            ArtifactStore::Fs(s) => s.fetch_encoded(id).await?,
+            ArtifactStore::Fs(s) => vec![s.fetch_encoded(id).await?],
         };
         codec::decode_async(id, encoded, Some(limit)).await
     }

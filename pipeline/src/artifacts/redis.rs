@@ -154,8 +154,9 @@ impl RedisStore {
         Ok(RedisStore { inner: Arc::new(Inner { client, spill, conn: OnceCell::new(), config, described, memory: Mutex::new(None) }) })
     }
 
-    /// The stored (encoded) bytes of an artifact: its inline value, or its chunks.
-    pub(crate) async fn fetch_encoded(&self, id: &str) -> Result<Vec<u8>> {
+    /// The stored (encoded) bytes of an artifact in order: its inline value, its chunks, or the
+    /// ranges of its S3 object (left in pieces: the decoder reads across them).
+    pub(crate) async fn fetch_encoded(&self, id: &str) -> Result<Vec<Vec<u8>>> {
         let mut conn = self.conn().await?;
         let inline: Option<Vec<u8>> =
             ::redis::cmd("GET").arg(id).query_async(&mut conn).await.map_err(|e| map_redis(e, format_args!("reading artifact {id}")))?;
@@ -168,13 +169,14 @@ impl RedisStore {
                     .ok()
                     .and_then(|n| n.parse().ok())
                     .ok_or_else(|| StoreError::Corrupt(format!("artifact {id}: bad S3 pointer record")))?;
-                let data = spill.tier.get(id, len).await?;
-                if data.len() != len {
-                    return Err(StoreError::Corrupt(format!("artifact {id}: {} bytes in S3, the pointer says {len}", data.len())).into());
+                let pieces = spill.tier.get_pieces(id, len).await?;
+                let stored: usize = pieces.iter().map(Vec::len).sum();
+                if stored != len {
+                    return Err(StoreError::Corrupt(format!("artifact {id}: {stored} bytes in S3, the pointer says {len}")).into());
                 }
-                Ok(data)
+                Ok(pieces)
             }
-            Some(bytes) => Ok(bytes),
+            Some(bytes) => Ok(vec![bytes]),
             None => self.read_chunks(&mut conn, id).await,
         }
     }
@@ -311,8 +313,8 @@ impl RedisStore {
         }
     }
 
-    /// Reads a chunked value (`<id>:chunks`); NotFound unless it is complete.
-    async fn read_chunks(&self, conn: &mut ConnectionManager, id: &str) -> Result<Vec<u8>> {
+    /// Reads a chunked value (`<id>:chunks`), all chunks in one HMGET; NotFound unless it is complete.
+    async fn read_chunks(&self, conn: &mut ConnectionManager, id: &str) -> Result<Vec<Vec<u8>>> {
         let key = chunks_key(id);
         let n: Option<String> = ::redis::cmd("HGET")
             .arg(&key)
@@ -324,25 +326,16 @@ impl RedisStore {
             return Err(StoreError::NotFound(id.to_string()).into());
         };
         let n: usize = n.trim().parse().map_err(|_| StoreError::Corrupt(format!("artifact {id}: bad chunk count {n:?} in {key}")))?;
-        let mut out: Vec<u8> = Vec::new();
-        for i in 0..n {
-            let chunk: Option<Vec<u8>> = ::redis::cmd("HGET")
-                .arg(&key)
-                .arg(i.to_string())
-                .query_async(conn)
-                .await
-                .map_err(|e| map_redis(e, format_args!("reading chunk {i} of artifact {id}")))?;
-            let Some(chunk) = chunk else {
-                return Err(StoreError::NotFound(id.to_string()).into());
-            };
-            if i == 0 {
-                out = chunk;
-                out.reserve(out.len().saturating_mul(n - 1));
-            } else {
-                out.extend_from_slice(&chunk);
-            }
+        if n == 0 {
+            return Err(StoreError::Corrupt(format!("artifact {id}: {key} says it has no chunks")).into());
         }
-        Ok(out)
+        let chunks: Vec<Option<Vec<u8>>> = ::redis::cmd("HMGET")
+            .arg(&key)
+            .arg((0..n).map(|i| i.to_string()).collect::<Vec<_>>())
+            .query_async(conn)
+            .await
+            .map_err(|e| map_redis(e, format_args!("reading the {n} chunks of artifact {id}")))?;
+        chunks.into_iter().map(|chunk| chunk.ok_or_else(|| StoreError::NotFound(id.to_string()).into())).collect()
     }
 }
 

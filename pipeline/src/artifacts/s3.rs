@@ -187,6 +187,11 @@ impl S3Tier {
 
     /// Reads artifact `id` with `concurrency` ranged GETs in flight; refuses more than `limit` bytes.
     pub async fn get(&self, id: &str, limit: usize) -> Result<Vec<u8>> {
+        Ok(self.get_pieces(id, limit).await?.concat())
+    }
+
+    /// [`S3Tier::get`], the ranges left apart (in order) for a reader that can take them so.
+    pub async fn get_pieces(&self, id: &str, limit: usize) -> Result<Vec<Vec<u8>>> {
         let key = self.key(id);
         let head = self
             .client
@@ -223,7 +228,7 @@ impl S3Tier {
             .buffered(self.concurrency)
             .try_collect()
             .await?;
-        Ok(ranges.concat())
+        Ok(ranges)
     }
 
     /// Deletes objects by artifact id, 1,000 per request (S3's limit); absent ones are no error.
