@@ -94,13 +94,10 @@ impl TaskContext {
             Err(Failure::BadInput(reason)) => {
                 tracing::error!(task = %task.id, "bad input: {reason}");
                 self.found_bad_input.store(true, Ordering::SeqCst);
-                if let Ok(None) = self.db.fail_task(&task.id, &task.claim(), &reason, false).await {
-                    claim_lost(&task);
-                    return Outcome::Done;
+                match self.fail_proof(&task, &reason).await {
+                    true => Outcome::BadInput,
+                    false => Outcome::Done,
                 }
-                let _ = self.db.finish_proof(&task.proof_id, ProofStatus::Failed, Some(&reason), None, None).await;
-                let _ = self.db.set_runner_error(&self.runner_id, &reason).await;
-                Outcome::BadInput
             }
             // SP1's worker reports a store error as fatal whatever it was; one that says the
             // store is unreachable for now must not fail the task, let alone the proof.
@@ -118,12 +115,7 @@ impl TaskContext {
                     self.store.describe()
                 );
                 tracing::error!(task = %task.id, secs, "{cause}");
-                if let Ok(None) = self.db.fail_task(&task.id, &task.claim(), &cause, false).await {
-                    claim_lost(&task);
-                    return Outcome::Done;
-                }
-                let _ = self.db.finish_proof(&task.proof_id, ProofStatus::Failed, Some(&cause), None, None).await;
-                let _ = self.db.set_runner_error(&self.runner_id, &cause).await;
+                self.fail_proof(&task, &cause).await;
                 Outcome::Done
             }
             Err(Failure::Task(err)) => {
@@ -153,6 +145,18 @@ impl TaskContext {
                 Outcome::Done
             }
         }
+    }
+
+    /// Fails the task for good and its proof with `cause`, which no retry can change; false
+    /// (and nothing failed) when our claim on the task was lost.
+    async fn fail_proof(&self, task: &ClaimedTask, cause: &str) -> bool {
+        if let Ok(None) = self.db.fail_task(&task.id, &task.claim(), cause, false).await {
+            claim_lost(task);
+            return false;
+        }
+        let _ = self.db.finish_proof(&task.proof_id, ProofStatus::Failed, Some(cause), None, None).await;
+        let _ = self.db.set_runner_error(&self.runner_id, cause).await;
+        true
     }
 
     /// Marks the task succeeded under our claim; a lost claim ends the task without a result.

@@ -379,6 +379,19 @@ pub async fn verify_strictly(elf: &[u8], other_elf: &[u8], proof_path: &Path) ->
     Ok(proof)
 }
 
+/// Downloads proof `id` of the Fibonacci guest through GetProof into `path`, then
+/// [`verify_strictly`]: the path every proof test ends on.
+pub async fn download_and_verify(client: &mut ProverClient, id: &str, path: &Path) -> sp1_sdk::SP1ProofWithPublicValues {
+    let request = proofjobs_api::proto::GetProofRequest { proof_id: id.to_string() };
+    let mut stream = client.get_proof(request).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    std::fs::write(path, bytes).unwrap();
+    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, path).await.unwrap()
+}
+
 /// The Submit stream of a proof request: header, then program and stdin in one chunk each.
 pub fn submit_messages(
     mode: &str,

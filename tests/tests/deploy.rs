@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proofjobs_api::proto::{prover_service_client::ProverServiceClient, GetProofRequest, GetRequest};
+use proofjobs_api::proto::{prover_service_client::ProverServiceClient, GetRequest};
 use proofjobs_dispatcher::kubernetes::{job_spec::job_name, profiles::StageProfiles};
 use proofjobs_pipeline::state::Priority;
 use proofjobs_tests::{kube_env::*, *};
@@ -324,14 +324,8 @@ async fn the_test_overlay_runs_a_proof_and_survives_losing_its_leader() {
     assert!(env.contains(r#"{"name":"PROOFJOBS_PROVER","value":"cpu"}"#) && env.contains(r#"{"name":"RUST_LOG","value":"info"}"#), "{env}");
     println!("{}", kubectl(&["-n", &namespace, "get", "jobs", "-l", &label, "-L", "proofjobs.io/stage,proofjobs.io/progress"]));
 
-    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&chunk.data);
-    }
     let path = dir.path().join("deployed.proof");
-    std::fs::write(&path, bytes).unwrap();
-    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    download_and_verify(&mut client, &id, &path).await;
 
     // The killed leader's pod was replaced by its ReplicaSet and stands by.
     wait_for("a replacement dispatcher pod", Duration::from_secs(60), diagnostics, || {

@@ -10,7 +10,7 @@ use kube::{
     api::{DeleteParams, PostParams},
     Api,
 };
-use proofjobs_api::proto::{GetProofRequest, GetRequest};
+use proofjobs_api::proto::GetRequest;
 use proofjobs_dispatcher::{
     backend::{RunnerSpec, Share},
     kubernetes::{
@@ -428,14 +428,8 @@ async fn a_core_proof_runs_through_jobs_and_the_gpu_pool_returns_to_zero() {
     let logs = kubectl(&["-n", &env.namespace, "logs", &format!("job/{gpu_job}")]);
     assert!(logs.contains("task succeeded"), "{logs}");
 
-    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&chunk.data);
-    }
     let path = cluster.dir.path().join("k8s.proof");
-    std::fs::write(&path, bytes).unwrap();
-    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    download_and_verify(&mut client, &id, &path).await;
 
     // Scale to zero: every gpu node that came up goes down within 30 s of the proof's end.
     let deadline = finished_at + Duration::from_secs(30);

@@ -201,14 +201,8 @@ async fn grpc_proof_survives_a_dispatcher_restart() {
     }
     assert_eq!(updates.last().unwrap().status, "completed");
 
-    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&chunk.data);
-    }
     let path = cluster.dir.path().join("grpc.proof");
-    std::fs::write(&path, bytes).unwrap();
-    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    download_and_verify(&mut client, &id, &path).await;
     cluster.shutdown().await;
 }
 
@@ -358,13 +352,7 @@ async fn a_quote_estimates_a_core_proof_from_the_clusters_history() {
     assert!(shown.contains(&format!("quote {quote_id}: estimated")) && shown.contains("error: time"), "{shown}");
 
     let path = dir.join("quoted.proof");
-    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&chunk.data);
-    }
-    std::fs::write(&path, bytes).unwrap();
-    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    download_and_verify(&mut client, &id, &path).await;
 
     // The store loses the proof (Redis restarted without persistence): DATA_LOSS naming it.
     let artifact = db.get_proof(&id).await.unwrap().unwrap().proof_artifact;

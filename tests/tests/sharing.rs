@@ -286,14 +286,8 @@ async fn a_high_priority_proof_preempts_a_low_priority_gpu_pod_and_both_complete
 
     for (id, key) in [(&low, &batch_key), (&high, &urgent_key)] {
         let mut owner = cluster.client_with_key(Some(key)).await;
-        let mut stream = owner.get_proof(proofjobs_api::proto::GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = stream.message().await.unwrap() {
-            bytes.extend_from_slice(&chunk.data);
-        }
         let path = cluster.dir.path().join(format!("{id}.proof"));
-        std::fs::write(&path, bytes).unwrap();
-        verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+        download_and_verify(&mut owner, id, &path).await;
     }
     db.close().await;
     cluster.shutdown().await;

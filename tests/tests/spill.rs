@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use proofjobs_api::proto::GetProofRequest;
 use proofjobs_tests::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,14 +30,8 @@ async fn a_core_proof_with_its_artifacts_in_s3_verifies() {
     let stored: Vec<u8> = redis::cmd("GET").arg(&row.program_artifact).query_async(&mut conn).await.unwrap();
     assert!(stored.starts_with(b"proofjobs-s3:"), "the program is not in S3: {} bytes inline", stored.len());
 
-    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&chunk.data);
-    }
     let path = cluster.dir.path().join("spilled.proof");
-    std::fs::write(&path, bytes).unwrap();
-    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    download_and_verify(&mut client, &id, &path).await;
     db.close().await;
     cluster.shutdown().await;
 }
@@ -92,14 +85,8 @@ async fn s3_lost_mid_proof_is_transient_and_the_proof_completes() {
     println!("runner exits during the outage: {exits:?}; counted failures {failures}");
     assert!(exits.contains(&Some(75)), "no runner handed its work back during the outage: {exits:?}");
     assert_eq!(failures, 0, "the outage was counted as runner failures");
-    let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&chunk.data);
-    }
     let path = cluster.dir.path().join("outage.proof");
-    std::fs::write(&path, bytes).unwrap();
-    verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+    download_and_verify(&mut client, &id, &path).await;
     db.close().await;
     cluster.shutdown().await;
 }

@@ -72,14 +72,8 @@ async fn redis_restarted_mid_proof_fails_the_proof_naming_the_lost_artifact() {
         }
         // Recomputed around the loss: then it must be a proof the stock verifier accepts.
         "completed" => {
-            let mut stream = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-            let mut bytes = Vec::new();
-            while let Some(chunk) = stream.message().await.unwrap() {
-                bytes.extend_from_slice(&chunk.data);
-            }
             let path = cluster.dir.path().join("after-restart.proof");
-            std::fs::write(&path, bytes).unwrap();
-            verify_strictly(FIBONACCI_ELF, MEMTRAFFIC_ELF, &path).await.unwrap();
+            download_and_verify(&mut client, &id, &path).await;
         }
         other => panic!("proof {id} ended {other}: {}\n{runners}", proof.failure_cause),
     }

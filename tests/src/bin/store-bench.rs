@@ -108,22 +108,32 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// Median put and get seconds of `size`-byte values over `rounds`, checking every read.
-async fn time_round_trips(client: &mut Client, size: usize, rounds: usize, tag: &str) -> Result<(f64, f64)> {
-    let (mut puts, mut gets) = (Vec::new(), Vec::new());
+/// Median (put, get) seconds of ours and of raw, one round trip each per round, alternating.
+async fn interleaved(mut ours: Client, mut raw: Client, size: usize, rounds: usize) -> Result<((f64, f64), (f64, f64))> {
+    let (mut ours_times, mut raw_times) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
     for round in 0..rounds {
-        let data = payload(size, round as u64 + 1);
-        let id = format!("bench-{tag}-{}-{round}-{}", size, uuid::Uuid::now_v7().simple());
-        let started = Instant::now();
-        client.put(&id, data.clone()).await.with_context(|| format!("{tag}: put of {}", label(size)))?;
-        puts.push(started.elapsed().as_secs_f64());
-        let started = Instant::now();
-        let back = client.get(&id).await.with_context(|| format!("{tag}: get of {}", label(size)))?;
-        gets.push(started.elapsed().as_secs_f64());
-        anyhow::ensure!(back == data, "{tag}: the {} value read back differs", label(size));
-        client.delete(&id).await?;
+        for (client, times, tag) in [(&mut ours, &mut ours_times, "ours"), (&mut raw, &mut raw_times, "raw")] {
+            let (put, get) = time_round_trip(client, size, round as u64 + 1, tag).await?;
+            times.0.push(put);
+            times.1.push(get);
+        }
     }
-    Ok((median(puts), median(gets)))
+    Ok(((median(ours_times.0), median(ours_times.1)), (median(raw_times.0), median(raw_times.1))))
+}
+
+/// Put and get seconds of one `size`-byte value, checking the read.
+async fn time_round_trip(client: &mut Client, size: usize, seed: u64, tag: &str) -> Result<(f64, f64)> {
+    let data = payload(size, seed);
+    let id = format!("bench-{tag}-{size}-{seed}-{}", uuid::Uuid::now_v7().simple());
+    let started = Instant::now();
+    client.put(&id, data.clone()).await.with_context(|| format!("{tag}: put of {}", label(size)))?;
+    let put = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let back = client.get(&id).await.with_context(|| format!("{tag}: get of {}", label(size)))?;
+    let get = started.elapsed().as_secs_f64();
+    anyhow::ensure!(back == data, "{tag}: the {} value read back differs", label(size));
+    client.delete(&id).await?;
+    Ok((put, get))
 }
 
 /// Latencies of 1 KiB reads while another task writes 100 MiB values through the same client.
@@ -200,31 +210,14 @@ async fn main() -> Result<()> {
             );
         };
         // Each value lands where the deployed default puts it; raw Redis cannot hold one over 512 MiB.
-        let (mut o, tier_name) = (Client::Ours(ours().await?), if size > default_threshold { "S3" } else { "Redis" });
-        let mut raw = if size > default_threshold { raw_s3() } else { Client::RawRedis(raw_redis().await?) };
-        let (mut ours_times, mut raw_times) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-        for _ in 0..rounds {
-            let a = time_round_trips(&mut o, size, 1, "ours").await?;
-            let b = time_round_trips(&mut raw, size, 1, "raw").await?;
-            ours_times.0.push(a.0);
-            ours_times.1.push(a.1);
-            raw_times.0.push(b.0);
-            raw_times.1.push(b.1);
-        }
-        row(tier_name, (median(ours_times.0), median(ours_times.1)), (median(raw_times.0), median(raw_times.1)));
+        let tier_name = if size > default_threshold { "S3" } else { "Redis" };
+        let raw = if size > default_threshold { raw_s3() } else { Client::RawRedis(raw_redis().await?) };
+        let (ours_times, raw_times) = interleaved(Client::Ours(ours().await?), raw, size, rounds).await?;
+        row(tier_name, ours_times, raw_times);
         // Everything in S3 (threshold 0) against raw aws-sdk-s3, for the S3 path at every size.
         if size <= default_threshold {
-            let (mut o, mut raw) = (Client::Ours(ours_s3().await?), raw_s3());
-            let (mut ours_times, mut raw_times) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-            for _ in 0..rounds {
-                let a = time_round_trips(&mut o, size, 1, "ours-s3").await?;
-                let b = time_round_trips(&mut raw, size, 1, "raw-s3").await?;
-                ours_times.0.push(a.0);
-                ours_times.1.push(a.1);
-                raw_times.0.push(b.0);
-                raw_times.1.push(b.1);
-            }
-            row("S3 (forced)", (median(ours_times.0), median(ours_times.1)), (median(raw_times.0), median(raw_times.1)));
+            let (ours_times, raw_times) = interleaved(Client::Ours(ours_s3().await?), raw_s3(), size, rounds).await?;
+            row("S3 (forced)", ours_times, raw_times);
         }
     }
     println!("\nworst ratio: {worst:.2}×\n");
