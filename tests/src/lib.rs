@@ -379,6 +379,33 @@ pub async fn verify_strictly(elf: &[u8], other_elf: &[u8], proof_path: &Path) ->
     Ok(proof)
 }
 
+/// An artifact store URL on the test Redis with an S3 tier (the server scripts/services.sh starts)
+/// under a fresh prefix `<name>-<uuid>/` of the live-test bucket, spilling values over
+/// `threshold` bytes; and that prefix.
+pub fn spill_store_url(name: &str, threshold: usize) -> (String, String) {
+    let endpoint = required_env("PROOFJOBS_S3_ENDPOINT");
+    let prefix = format!("{name}-{}/", uuid::Uuid::now_v7().simple());
+    let url = format!(
+        "{}/?spill=s3://proofjobs-live-tests/{prefix}&spill_endpoint={endpoint}&spill_threshold={threshold}&spill_path_style=true",
+        redis_url()
+    );
+    (url, prefix)
+}
+
+/// Waits (up to 10 min) until a shard of proof `id` is being proved; fails if the proof fails first.
+pub async fn wait_for_shard_proving(client: &mut ProverClient, id: &str) {
+    let started = Instant::now();
+    loop {
+        let p = client.get(proofjobs_api::proto::GetRequest { proof_id: id.to_string() }).await.unwrap().into_inner();
+        if p.stages.iter().any(|s| s.stage == "prove-core" && s.running > 0) {
+            return;
+        }
+        assert_ne!(p.status, "failed", "{}", p.failure_cause);
+        assert!(started.elapsed() < Duration::from_secs(600), "no shard proving started");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// Downloads proof `id` of the Fibonacci guest through GetProof into `path`, then
 /// [`verify_strictly`]: the path every proof test ends on.
 pub async fn download_and_verify(client: &mut ProverClient, id: &str, path: &Path) -> sp1_sdk::SP1ProofWithPublicValues {

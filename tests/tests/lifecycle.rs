@@ -61,12 +61,7 @@ async fn twenty_ended_proofs_leave_no_intermediates_and_expire_then_purge() {
         ("PROOFJOBS_INPUT_RETENTION_SECS", "3600".to_string()),
         ("PROOFJOBS_PROOF_RETENTION_SECS", "7200".to_string()),
     ];
-    let endpoint = required_env("PROOFJOBS_S3_ENDPOINT");
-    let prefix = format!("lifecycle-{}/", uuid::Uuid::now_v7().simple());
-    let store = format!(
-        "{}/?spill=s3://proofjobs-live-tests/{prefix}&spill_endpoint={endpoint}&spill_threshold=1024&spill_path_style=true",
-        redis_url()
-    );
+    let (store, prefix) = spill_store_url("lifecycle", 1024);
     let (_, Some((s3_config, _))) = split_spill(&store).unwrap() else { panic!("no S3 tier in {store}") };
     let tier = S3Tier::connect(s3_config.clone()).await.unwrap();
     tier.ensure_bucket().await.unwrap();

@@ -10,12 +10,7 @@ use proofjobs_tests::*;
 async fn a_core_proof_with_its_artifacts_in_s3_verifies() {
     init_tracing();
     let _prover = prover_lock().await;
-    let endpoint = required_env("PROOFJOBS_S3_ENDPOINT");
-    let prefix = format!("spill-e2e-{}/", uuid::Uuid::now_v7().simple());
-    let store = format!(
-        "{}/?spill=s3://proofjobs-live-tests/{prefix}&spill_endpoint={endpoint}&spill_threshold=1024&spill_path_style=true",
-        redis_url()
-    );
+    let (store, _) = spill_store_url("spill-e2e", 1024);
     let cluster = Cluster::start(Some(store), &[]).await.unwrap();
     let mut client = cluster.client().await;
     let n = fibonacci_n_for_cycles(100_000);
@@ -42,26 +37,12 @@ async fn a_core_proof_with_its_artifacts_in_s3_verifies() {
 async fn s3_lost_mid_proof_is_transient_and_the_proof_completes() {
     init_tracing();
     let _prover = prover_lock().await;
-    let endpoint = required_env("PROOFJOBS_S3_ENDPOINT");
     let services = required_env("PROOFJOBS_SERVICES_DIR");
-    let prefix = format!("spill-outage-{}/", uuid::Uuid::now_v7().simple());
-    let store = format!(
-        "{}/?spill=s3://proofjobs-live-tests/{prefix}&spill_endpoint={endpoint}&spill_threshold=1024&spill_path_style=true",
-        redis_url()
-    );
+    let (store, _) = spill_store_url("spill-outage", 1024);
     let cluster = Cluster::start(Some(store), &[]).await.unwrap();
     let mut client = cluster.client().await;
     let id = submit(&cluster, "core", FIBONACCI_ELF, &fibonacci_stdin(fibonacci_n_for_cycles(100_000)), 0).await.unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let p = client.get(proofjobs_api::proto::GetRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-        if p.stages.iter().any(|s| s.stage == "prove-core" && s.running > 0) {
-            break;
-        }
-        assert_ne!(p.status, "failed", "{}", p.failure_cause);
-        assert!(started.elapsed() < Duration::from_secs(600), "no shard proving started");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_for_shard_proving(&mut client, &id).await;
     let pid = std::fs::read_to_string(format!("{services}/s3s.pid")).unwrap();
     assert!(std::process::Command::new("kill").arg(pid.trim()).status().unwrap().success());
     tokio::time::sleep(Duration::from_secs(20)).await;

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proofjobs_api::proto::{GetProofRequest, GetRequest};
+use proofjobs_api::proto::GetProofRequest;
 use proofjobs_tests::*;
 
 /// A redis-server on `port` that keeps nothing on disk, as a cache-style deployment runs it.
@@ -39,16 +39,7 @@ async fn redis_restarted_mid_proof_fails_the_proof_naming_the_lost_artifact() {
     let id = submit(&cluster, "core", FIBONACCI_ELF, &fibonacci_stdin(fibonacci_n_for_cycles(100_000)), 0).await.unwrap();
 
     // Restart it once shard proving is under way: everything the controller stored is gone.
-    let started = Instant::now();
-    loop {
-        let p = client.get(GetRequest { proof_id: id.clone() }).await.unwrap().into_inner();
-        if p.stages.iter().any(|s| s.stage == "prove-core" && s.running > 0) {
-            break;
-        }
-        assert_ne!(p.status, "failed", "{}", p.failure_cause);
-        assert!(started.elapsed() < Duration::from_secs(600), "no shard proving started");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_for_shard_proving(&mut client, &id).await;
     redis.kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _redis = redis_server(port, dir.path(), "redis-2.log");
