@@ -92,10 +92,40 @@ fn slices(pieces: &[Vec<u8>]) -> Vec<&[u8]> {
     pieces.iter().map(Vec::as_slice).collect()
 }
 
+/// Values that declare a decoded size up to this are decoded in one call on a reused context.
+const ONE_SHOT_MAX: usize = 64 << 20;
+
+thread_local! {
+    /// A decoding context per thread: building one per read is most of what a small read costs.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// One call on the thread's reused context, for a value in one piece whose frame declares its
+/// decoded size (as ours all do); None when the value is not like that or the call fails, and
+/// the streaming decoder then has the last word (on a damaged value, its error).
+fn decompress_one_shot(pieces: &[&[u8]], limit: Option<usize>) -> Option<Vec<u8>> {
+    let [piece] = pieces else { return None };
+    let size = usize::try_from(zstd::zstd_safe::get_frame_content_size(piece).ok()??).ok()?;
+    if size > ONE_SHOT_MAX || limit.is_some_and(|limit| size > limit) {
+        return None;
+    }
+    DECOMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = zstd::bulk::Decompressor::new().ok();
+        }
+        let mut out = Vec::with_capacity(size);
+        let n = slot.as_mut()?.decompress_to_buffer(piece, &mut out).ok()?;
+        (n == size).then_some(out)
+    })
+}
+
 /// Decompresses one or more concatenated zstd frames spread over `pieces`; `None` when the
 /// output passes `limit`.
 fn decompress(pieces: &[&[u8]], limit: Option<usize>) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
+    if let Some(out) = decompress_one_shot(pieces, limit) {
+        return Ok(Some(out));
+    }
     // Pre-size from the first frame's declared size when it has one (capped: it is untrusted).
     let cap = limit.unwrap_or(1 << 32);
     let stored: usize = pieces.iter().map(|p| p.len()).sum();
@@ -205,6 +235,26 @@ pub(crate) mod tests {
         damaged[2][10] ^= 1;
         let err = decode_async("p", damaged, None).await.unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn whole_values_of_a_declared_size_decode_in_one_call_and_the_rest_stream() {
+        let data = random_bytes(200_000, 4);
+        let enc = encode(&data).unwrap();
+        for _ in 0..2 {
+            assert_eq!(decompress_one_shot(&[&enc], None).as_deref(), Some(&data[..]), "context reused");
+        }
+        assert_eq!(decompress_one_shot(&[&enc], Some(data.len() - 1)), None, "over the limit: the streaming path refuses it");
+        assert_eq!(decompress_one_shot(&[&enc[..10], &enc[10..]], None), None, "pieces stream");
+        let mut bad = enc.clone();
+        bad[HEADER_LEN + 5_000] ^= 0x55;
+        assert_eq!(decompress_one_shot(&[&bad], None), None, "the one call checks zstd's checksum too");
+        // A frame without a declared size (a streaming writer's) streams.
+        let mut unsized_frame = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        std::io::Write::write_all(&mut unsized_frame, &data).unwrap();
+        let unsized_frame = unsized_frame.finish().unwrap();
+        assert_eq!(decompress_one_shot(&[&unsized_frame], None), None);
+        assert_eq!(decode("u", &unsized_frame).unwrap(), data);
     }
 
     #[tokio::test]
