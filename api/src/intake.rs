@@ -23,6 +23,8 @@ pub struct Limits {
     pub max_stdin_bytes: usize,
     pub default_deadline: std::time::Duration,
     pub quotes: crate::quote::Settings,
+    /// Large proofs offered as presigned download URLs (see `downloads.rs`); None: always streamed.
+    pub proof_urls: Option<crate::downloads::Settings>,
 }
 
 impl Default for Limits {
@@ -33,6 +35,7 @@ impl Default for Limits {
             max_stdin_bytes: 1 << 30,
             default_deadline: std::time::Duration::from_secs(4 * 3600),
             quotes: crate::quote::Settings::default(),
+            proof_urls: None,
         }
     }
 }

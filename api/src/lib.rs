@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod downloads;
 pub mod health;
 pub mod intake;
 pub mod program_check;

@@ -33,6 +33,14 @@ struct Args {
     /// Quotes: how long a GPU node stays up after its last runner (the autoscaler's scale-down delay).
     #[arg(long, env = "PROOFJOBS_QUOTE_GPU_NODE_IDLE_SECS", default_value_t = 600)]
     quote_gpu_node_idle_secs: u64,
+    /// GetProof offers proofs of at least this many bytes as a presigned download URL from the
+    /// artifact store's S3 tier (to clients that accept one, such as `proofctl get --out`)
+    /// instead of streaming them; needs `spill=` in the artifact store URL. Unset: always streamed.
+    #[arg(long, env = "PROOFJOBS_PROOF_URL_THRESHOLD")]
+    proof_url_threshold: Option<usize>,
+    /// How long a proof download URL stays valid (at most 7 days, S3's limit).
+    #[arg(long, env = "PROOFJOBS_PROOF_URL_TTL_SECS", default_value_t = 900)]
+    proof_url_ttl_secs: u64,
     /// `keys`: every call needs a bearer API key (`proofctl admin keys create`). `none`: no
     /// authentication at all, every caller an admin — only behind a network you trust.
     #[arg(long, env = "PROOFJOBS_AUTH", default_value = "keys", value_parser = ["keys", "none"])]
@@ -64,6 +72,10 @@ async fn main() -> anyhow::Result<()> {
             gpu_scale_up: std::time::Duration::from_secs(args.quote_gpu_scale_up_secs),
             gpu_node_idle: std::time::Duration::from_secs(args.quote_gpu_node_idle_secs),
         },
+        proof_urls: args.proof_url_threshold.map(|threshold| proofjobs_api::downloads::Settings {
+            threshold,
+            ttl: std::time::Duration::from_secs(args.proof_url_ttl_secs),
+        }),
     };
     let auth = match args.auth.as_str() {
         "none" => {

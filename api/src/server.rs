@@ -33,7 +33,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, tls = guard.tls.is_some(), "api listening");
-    let prover = ProverServiceServer::new(ProverApi::new(intake.clone(), notifications)).max_decoding_message_size(64 << 20);
+    let prover = ProverServiceServer::new(ProverApi::new(intake.clone(), notifications)?).max_decoding_message_size(64 << 20);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let tracker = tokio::spawn(health::track(reporter.clone(), intake.db.clone(), intake.store.clone()));
     let cluster = ClusterServiceServer::new(ClusterApi::new(intake));

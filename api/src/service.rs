@@ -9,12 +9,13 @@ use proofjobs_pipeline::{
     state::{wait_for, CancelOutcome, Notifications, ProofRow, ProofStatus},
 };
 use sp1_prover::worker::ProofFromNetwork;
-use sp1_prover_types::{Artifact, ArtifactClient};
+use sp1_prover_types::{Artifact, ArtifactClient, ArtifactType};
 use sp1_sdk::SP1ProofWithPublicValues;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     auth::Caller,
+    downloads::{Offer, ProofDownloads},
     intake::{self, internal, store_error, Intake},
     proto::{self, prover_service_server::ProverService, submit_request::Part},
     quote,
@@ -26,11 +27,14 @@ const CHUNK: usize = 1 << 20;
 pub struct ProverApi {
     intake: Intake,
     notifications: Notifications,
+    downloads: Option<ProofDownloads>,
 }
 
 impl ProverApi {
-    pub fn new(intake: Intake, notifications: Notifications) -> ProverApi {
-        ProverApi { intake, notifications }
+    /// Fails when the limits ask for proof download URLs the store cannot give.
+    pub fn new(intake: Intake, notifications: Notifications) -> anyhow::Result<ProverApi> {
+        let downloads = ProofDownloads::new(&intake.store, intake.limits.proof_urls)?;
+        Ok(ProverApi { intake, notifications, downloads })
     }
 
     /// The proof, if `caller` may see it; another requester's proof is "not found", exactly like
@@ -235,7 +239,7 @@ impl ProverService for ProverApi {
 
     async fn get_proof(&self, request: Request<proto::GetProofRequest>) -> Result<Response<Self::GetProofStream>, Status> {
         let caller = Caller::of(&request)?;
-        let id = request.into_inner().proof_id;
+        let proto::GetProofRequest { proof_id: id, accept_url } = request.into_inner();
         let row = self.load(&id, &caller).await?;
         if row.mode == Mode::Execute {
             return Err(Status::failed_precondition(format!(
@@ -246,17 +250,27 @@ impl ProverService for ProverApi {
             let cause = row.failure_cause.map(|c| format!(": {c}")).unwrap_or_default();
             return Err(Status::failed_precondition(format!("proof {id} is {}{cause}", row.status.as_str())));
         }
-        let proof: ProofFromNetwork = self.intake.store.download(&Artifact(row.proof_artifact.clone())).await.map_err(|e| {
-            if artifacts::is_not_found(&e) {
-                Status::data_loss(format!(
-                    "proof {id} completed, but its proof artifact {} is gone from the artifact store {} (past the proof retention, or the store lost it)",
-                    row.proof_artifact,
-                    self.intake.store.describe()
-                ))
-            } else {
-                store_error(e)
+        let lost = || {
+            Status::data_loss(format!(
+                "proof {id} completed, but its proof artifact {} is gone from the artifact store {} (past the proof retention, or the store lost it)",
+                row.proof_artifact,
+                self.intake.store.describe()
+            ))
+        };
+        let downloads = self.downloads.as_ref().filter(|_| accept_url);
+        let artifact = Artifact(row.proof_artifact.clone());
+        if let Some(downloads) = downloads {
+            // A URL only while the proof itself is still kept: past its retention, the object
+            // the bucket has not removed yet is not served either.
+            if !self.intake.store.exists(&artifact, ArtifactType::Proof).await.map_err(store_error)? {
+                return Err(lost());
             }
-        })?;
+            if let Some(offer) = downloads.existing(&id).await.map_err(store_error)? {
+                return Ok(url_response(offer));
+            }
+        }
+        let proof: ProofFromNetwork =
+            self.intake.store.download(&artifact).await.map_err(|e| if artifacts::is_not_found(&e) { lost() } else { store_error(e) })?;
         let bytes = bincode::serialize(&SP1ProofWithPublicValues {
             proof: proof.proof,
             public_values: proof.public_values,
@@ -264,10 +278,25 @@ impl ProverService for ProverApi {
             tee_proof: None,
         })
         .map_err(|e| internal(e.into()))?;
+        let bytes = bytes::Bytes::from(bytes);
+        if let Some(downloads) = downloads {
+            match downloads.publish(&id, bytes.clone()).await {
+                Ok(Some(offer)) => return Ok(url_response(offer)),
+                Ok(None) => {}
+                // The client still gets its proof, the slow way.
+                Err(e) => tracing::warn!(proof = %id, "offering a download URL failed, streaming the proof instead: {e:#}"),
+            }
+        }
         let chunks: Vec<Result<proto::ProofChunk, Status>> =
-            bytes.chunks(CHUNK).map(|c| Ok(proto::ProofChunk { data: c.to_vec() })).collect();
+            bytes.chunks(CHUNK).map(|c| Ok(proto::ProofChunk { data: c.to_vec(), ..Default::default() })).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
+}
+
+/// A GetProof answer that carries a download URL instead of the bytes.
+fn url_response(offer: Offer) -> Response<BoxStream<proto::ProofChunk>> {
+    let chunk = proto::ProofChunk { data: Vec::new(), download_url: offer.url, url_expires_at: offer.expires_at, size: offer.size };
+    Response::new(Box::pin(futures::stream::iter([Ok(chunk)])))
 }
 
 /// A server stream fed by a spawned task.

@@ -120,17 +120,57 @@ pub async fn watch(client: &mut ApiClient, proof_id: &str, quiet: bool) -> Resul
     last.context("the api closed the watch stream without an update")
 }
 
-pub async fn download_proof(client: &mut ApiClient, proof_id: &str, out: &Path) -> Result<u64> {
-    let mut stream = client.get_proof(GetProofRequest { proof_id: proof_id.to_string() }).await.map_err(status_error)?.into_inner();
+/// How a proof came down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Streamed,
+    DownloadUrl,
+}
+
+/// Writes proof `proof_id` to `out`: streamed by the api, or fetched from the download URL the
+/// api offers for a large proof. Returns its length and how it came.
+pub async fn download_proof(client: &mut ApiClient, proof_id: &str, out: &Path) -> Result<(u64, Delivery)> {
+    let request = GetProofRequest { proof_id: proof_id.to_string(), accept_url: true };
+    let mut stream = client.get_proof(request).await.map_err(status_error)?.into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        if !chunk.download_url.is_empty() {
+            let n = fetch_url(&chunk.download_url, chunk.size, out).await.with_context(|| format!("downloading proof {proof_id}"))?;
+            return Ok((n, Delivery::DownloadUrl));
+        }
         bytes.extend_from_slice(&chunk.data);
     }
     if bytes.is_empty() {
         bail!("the api returned an empty proof for {proof_id}");
     }
     std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-    Ok(bytes.len() as u64)
+    Ok((bytes.len() as u64, Delivery::Streamed))
+}
+
+/// Streams the body of `url` into `out`, which must come to `size` bytes.
+async fn fetch_url(url: &str, size: u64, out: &Path) -> Result<u64> {
+    use std::io::Write;
+    let mut response = reqwest::get(url).await?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        bail!("the download URL answered {status}: {}", body.chars().take(300).collect::<String>());
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
+    let mut written = 0u64;
+    while let Some(piece) = response.chunk().await? {
+        written += piece.len() as u64;
+        if written > size {
+            break;
+        }
+        file.write_all(&piece).with_context(|| format!("writing {}", out.display()))?;
+    }
+    file.flush()?;
+    if written != size {
+        let _ = std::fs::remove_file(out);
+        bail!("the download came to {written} bytes where the api announced {size}");
+    }
+    Ok(written)
 }
 
 pub fn status_error(status: tonic::Status) -> anyhow::Error {

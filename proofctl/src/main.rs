@@ -194,8 +194,9 @@ async fn run(command: Command) -> Result<()> {
             let proof = client.get(GetRequest { proof_id: proof_id.clone() }).await.map_err(client::status_error)?.into_inner();
             print_proof(&proof);
             if let Some(out) = out {
-                let n = client::download_proof(&mut client, &proof_id, &out).await?;
-                println!("proof written to {} ({n} bytes)", out.display());
+                let (n, delivery) = client::download_proof(&mut client, &proof_id, &out).await?;
+                let via = if delivery == client::Delivery::DownloadUrl { ", from its download URL" } else { "" };
+                println!("proof written to {} ({n} bytes{via})", out.display());
             }
             Ok(())
         }

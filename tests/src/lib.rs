@@ -409,7 +409,7 @@ pub async fn wait_for_shard_proving(client: &mut ProverClient, id: &str) {
 /// Downloads proof `id` of the Fibonacci guest through GetProof into `path`, then
 /// [`verify_strictly`]: the path every proof test ends on.
 pub async fn download_and_verify(client: &mut ProverClient, id: &str, path: &Path) -> sp1_sdk::SP1ProofWithPublicValues {
-    let request = proofjobs_api::proto::GetProofRequest { proof_id: id.to_string() };
+    let request = proofjobs_api::proto::GetProofRequest { proof_id: id.to_string(), accept_url: false };
     let mut stream = client.get_proof(request).await.unwrap().into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await.unwrap() {

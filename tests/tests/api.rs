@@ -27,7 +27,7 @@ async fn execute_mode_reports_the_same_cycles_as_sp1_sdk() {
     assert_eq!(proof.public_values, public_values.to_vec());
     assert_eq!(proof.public_values, proofjobs_guests::fibonacci_public_values(n));
     // Execute-only requests have no proof to download, and say so.
-    let err = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.expect_err("no proof for execute mode");
+    let err = client.get_proof(GetProofRequest { proof_id: id.clone(), accept_url: false }).await.expect_err("no proof for execute mode");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     // Only the execute stage ran.
     assert_eq!(proof.stages.len(), 1);

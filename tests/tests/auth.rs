@@ -30,7 +30,7 @@ async fn call_every_method(
     out.push(("ProverService/Watch", prover.watch(WatchRequest { proof_id: id() }).await.map(drop)));
     out.push(("ProverService/Cancel", prover.cancel(CancelRequest { proof_id: id() }).await.map(drop)));
     out.push(("ProverService/List", prover.list(ListRequest::default()).await.map(drop)));
-    out.push(("ProverService/GetProof", prover.get_proof(GetProofRequest { proof_id: id() }).await.map(drop)));
+    out.push(("ProverService/GetProof", prover.get_proof(GetProofRequest { proof_id: id(), accept_url: false }).await.map(drop)));
     // No program: a handler refuses it at once (no execution to wait for).
     let empty = submit_messages("core", &[], &[], 0, 0);
     out.push(("ProverService/Quote", prover.quote(futures::stream::iter(empty)).await.map(drop)));
@@ -133,7 +133,7 @@ async fn a_requester_sees_only_its_own_proofs_and_only_admins_update() {
     not_found(bob.get(GetRequest { proof_id: "proof_nonexistent".into() }).await.unwrap_err(), "proof_nonexistent");
     not_found(bob.watch(WatchRequest { proof_id: alices.clone() }).await.unwrap_err(), &alices);
     not_found(bob.cancel(CancelRequest { proof_id: alices.clone() }).await.unwrap_err(), &alices);
-    not_found(bob.get_proof(GetProofRequest { proof_id: alices.clone() }).await.unwrap_err(), &alices);
+    not_found(bob.get_proof(GetProofRequest { proof_id: alices.clone(), accept_url: false }).await.unwrap_err(), &alices);
     let bobs_list = bob.list(ListRequest::default()).await.unwrap().into_inner().proofs;
     assert!(bobs_list.iter().all(|p| p.id != alices), "Bob's list shows Alice's proof");
 

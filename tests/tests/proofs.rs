@@ -358,7 +358,7 @@ async fn a_quote_estimates_a_core_proof_from_the_clusters_history() {
     let artifact = db.get_proof(&id).await.unwrap().unwrap().proof_artifact;
     let mut conn = redis_connection().await;
     redis::cmd("DEL").arg(&artifact).arg(format!("{artifact}:chunks")).query_async::<()>(&mut conn).await.unwrap();
-    let lost = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap_err();
+    let lost = client.get_proof(GetProofRequest { proof_id: id.clone(), accept_url: false }).await.unwrap_err();
     assert_eq!(lost.code(), tonic::Code::DataLoss, "{lost}");
     assert!(lost.message().contains(&artifact), "{lost}");
     db.close().await;

@@ -57,7 +57,7 @@ async fn redis_restarted_mid_proof_fails_the_proof_naming_the_lost_artifact() {
             );
             assert!(cause.contains("lost: artifact "), "the cause does not name the artifact: {cause}");
             assert!(!cause.contains("bad input") && !cause.contains("could not be read"), "loss reported as bad input: {cause}");
-            let status = client.get_proof(GetProofRequest { proof_id: id.clone() }).await.unwrap_err();
+            let status = client.get_proof(GetProofRequest { proof_id: id.clone(), accept_url: false }).await.unwrap_err();
             assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
             assert!(status.message().contains("is gone from the artifact store"), "{status:?}");
         }

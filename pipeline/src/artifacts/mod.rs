@@ -184,6 +184,14 @@ impl ArtifactStore {
         }
     }
 
+    /// The S3 tier of a Redis store with one (`spill=` in its URL).
+    pub fn s3_tier(&self) -> Option<&s3::S3Tier> {
+        match self {
+            ArtifactStore::Redis(s) => s.spill().map(|spill| &spill.tier),
+            ArtifactStore::Fs(_) => None,
+        }
+    }
+
     /// Whether the store answers: a Redis PING, or the directory still being there.
     pub async fn ping(&self) -> Result<()> {
         match self {

@@ -190,6 +190,11 @@ impl RedisStore {
         &self.inner.config
     }
 
+    /// The S3 tier behind this store, when it has one.
+    pub fn spill(&self) -> Option<&Spill> {
+        self.inner.spill.as_ref()
+    }
+
     async fn conn(&self) -> Result<ConnectionManager> {
         let conn = self
             .inner

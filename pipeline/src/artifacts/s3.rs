@@ -117,8 +117,8 @@ impl S3Tier {
     /// Writes `data` under `id`: one PUT up to a part, else a multipart upload with `concurrency`
     /// parts in flight (aborted on failure, so no orphan parts are billed). An intermediate is
     /// tagged `proofjobs-class=intermediate`, so a bucket lifecycle rule can expire it sooner.
-    pub async fn put(&self, id: &str, data: Vec<u8>, intermediate: bool) -> Result<()> {
-        let key = self.key(id);
+    pub async fn put(&self, id: &str, data: impl Into<bytes::Bytes>, intermediate: bool) -> Result<()> {
+        let (key, data) = (self.key(id), data.into());
         let tagging = intermediate.then(|| INTERMEDIATE_TAG.to_string());
         if data.len() <= self.part_size {
             self.client
@@ -142,7 +142,6 @@ impl S3Tier {
             .await
             .map_err(|e| s3_error(&format!("starting the upload of artifact {id}"), e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
-        let data = bytes::Bytes::from(data);
         let parts: Result<Vec<CompletedPart>> = futures::stream::iter(0..data.len().div_ceil(self.part_size))
             .map(|i| {
                 let body = data.slice(i * self.part_size..((i + 1) * self.part_size).min(data.len()));
@@ -183,6 +182,38 @@ impl S3Tier {
             .await
             .map_err(|e| s3_error(&format!("completing the upload of artifact {id}"), e))?;
         Ok(())
+    }
+
+    /// The length of object `id`, or None when there is none.
+    pub async fn object_len(&self, id: &str) -> Result<Option<u64>> {
+        match self.client.head_object().bucket(&self.bucket).key(self.key(id)).send().await {
+            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) => {
+                let e = s3_error(&format!("looking up {id}"), e);
+                if super::is_not_found(&e) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// A URL that lets its holder GET object `id` (and nothing else) until `expires_in` has
+    /// passed, signed with this tier's credentials: S3 itself refuses it after that, or when any
+    /// part of it is changed.
+    pub async fn presigned_get(&self, id: &str, expires_in: std::time::Duration) -> Result<String> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+            .map_err(|e| StoreError::Other(format!("presigning {id}: {e}")))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(id))
+            .presigned(config)
+            .await
+            .map_err(|e| s3_error(&format!("presigning {id}"), e))?;
+        Ok(request.uri().to_string())
     }
 
     /// Reads artifact `id` with `concurrency` ranged GETs in flight; refuses more than `limit` bytes.
