@@ -216,50 +216,67 @@ impl S3Tier {
         Ok(request.uri().to_string())
     }
 
-    /// Reads artifact `id` with `concurrency` ranged GETs in flight; refuses more than `limit` bytes.
+    /// Reads artifact `id` with `concurrency` ranged GETs in flight; refuses more than `limit`
+    /// bytes. The first range also tells the object's length (its Content-Range), so a value of
+    /// one part costs one request and no HEAD precedes the others.
     pub async fn get(&self, id: &str, limit: usize) -> Result<Vec<u8>> {
-        Ok(self.get_pieces(id, limit).await?.concat())
-    }
-
-    /// [`S3Tier::get`], the ranges left apart (in order) for a reader that can take them so.
-    pub async fn get_pieces(&self, id: &str, limit: usize) -> Result<Vec<Vec<u8>>> {
         let key = self.key(id);
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| s3_error(&format!("reading artifact {id}"), e))?;
-        let len = head.content_length().unwrap_or(0).max(0) as usize;
+        let (first, len) = self.range(&key, id, 0, self.part_size).await?;
         if len > limit {
             return Err(StoreError::TooLarge(format!("artifact {id} is {len} bytes in S3, over the limit of {limit}")).into());
         }
-        let ranges: Vec<Vec<u8>> = futures::stream::iter((0..len).step_by(self.part_size))
-            .map(|start| {
-                let end = (start + self.part_size).min(len) - 1;
-                let key = key.clone();
-                async move {
-                    let object = self
-                        .client
-                        .get_object()
-                        .bucket(&self.bucket)
-                        .key(&key)
-                        .range(format!("bytes={start}-{end}"))
-                        .send()
-                        .await
-                        .map_err(|e| s3_error(&format!("reading artifact {id}"), e))?;
-                    let bytes = object.body.collect().await.map_err(|e| StoreError::Unavailable(format!("reading artifact {id}: {e}")))?;
-                    let bytes = bytes.into_bytes().to_vec();
-                    anyhow::ensure!(bytes.len() == end + 1 - start, StoreError::Corrupt(format!("artifact {id}: a range came back short")));
-                    Ok(bytes)
-                }
+        let mut value = first;
+        if value.len() < len {
+            value.extend(self.ranges(&key, id, value.len(), len).await?.concat());
+        }
+        Ok(value)
+    }
+
+    /// Artifact `id`, which is `len` bytes long (its Redis pointer says so), in order as the
+    /// ranges came (a reader can decode across them), all ranges in flight at once; an object of
+    /// another length is reported corrupt.
+    pub async fn get_pieces(&self, id: &str, len: usize) -> Result<Vec<Vec<u8>>> {
+        self.ranges(&self.key(id), id, 0, len).await
+    }
+
+    /// Bytes `from..len` of object `key` in part-sized ranges, `concurrency` in flight.
+    async fn ranges(&self, key: &str, id: &str, from: usize, len: usize) -> Result<Vec<Vec<u8>>> {
+        futures::stream::iter((from..len).step_by(self.part_size))
+            .map(|start| async move {
+                let (bytes, total) = self.range(key, id, start, (start + self.part_size).min(len)).await?;
+                anyhow::ensure!(total == len, StoreError::Corrupt(format!("artifact {id}: {total} bytes in S3, the pointer says {len}")));
+                Ok(bytes)
             })
             .buffered(self.concurrency)
             .try_collect()
-            .await?;
-        Ok(ranges)
+            .await
+    }
+
+    /// Bytes `start..end` of object `key` (fewer at its end) and the object's whole length.
+    async fn range(&self, key: &str, id: &str, start: usize, end: usize) -> Result<(Vec<u8>, usize)> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", end - 1))
+            .send()
+            .await
+            .map_err(|e| s3_error(&format!("reading artifact {id}"), e))?;
+        // "bytes 0-1023/4096"; a server that ignored the range sent the whole object.
+        let total = match object.content_range() {
+            Some(range) => range.rsplit_once('/').and_then(|(_, n)| n.parse::<usize>().ok()),
+            None => object.content_length().map(|n| n.max(0) as usize),
+        }
+        .ok_or_else(|| StoreError::Corrupt(format!("artifact {id}: S3 gave no length for it")))?;
+        let bytes = object.body.collect().await.map_err(|e| StoreError::Unavailable(format!("reading artifact {id}: {e}")))?;
+        let bytes = bytes.into_bytes().to_vec();
+        let expected = end.min(total).saturating_sub(start);
+        anyhow::ensure!(
+            bytes.len() == expected || (start == 0 && bytes.len() == total),
+            StoreError::Corrupt(format!("artifact {id}: a range came back with {} bytes, not {expected}", bytes.len()))
+        );
+        Ok((bytes, total))
     }
 
     /// Deletes objects by artifact id, 1,000 per request (S3's limit); absent ones are no error.
@@ -311,6 +328,9 @@ mod live {
             assert!(tier.get(&id, len).await.unwrap() == data, "{len} bytes came back different");
             let refused = tier.get(&id, len - 1).await.unwrap_err();
             assert!(super::super::is_too_large(&refused), "{refused:#}");
+            assert!(tier.get_pieces(&id, len).await.unwrap().concat() == data, "{len} bytes in pieces came back different");
+            let wrong = tier.get_pieces(&id, len + 1).await.unwrap_err().to_string();
+            assert!(wrong.contains(&format!("{len} bytes in S3, the pointer says {}", len + 1)), "{wrong}");
         }
         tier.delete(&["value-1024".to_string(), "never-written".to_string()]).await.unwrap();
         let gone = tier.get("value-1024", 1 << 20).await.unwrap_err();
