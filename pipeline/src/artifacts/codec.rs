@@ -7,8 +7,6 @@
 //! write (they store plain zstd), so its clients can read our outputs — the final proof above all
 //! — and we read their uploads; their frames simply carry no checksum.
 
-use std::io::Write;
-
 use anyhow::Result;
 
 use super::StoreError;
@@ -22,18 +20,25 @@ pub const LEVEL: i32 = 1;
 /// Values at least this big are (de)compressed on the blocking pool.
 pub const BLOCKING_THRESHOLD: usize = 64 * 1024;
 
-/// Encodes `data` (already bincode-serialized) into a stored value.
+thread_local! {
+    /// A compression context per thread, reused: building one per write costs more than a small
+    /// value's compression.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Encodes `data` (already bincode-serialized) into a stored value: one frame, compressed in one
+/// call straight into the output (no stream buffer to copy through), declaring its size.
 pub fn encode(data: &[u8]) -> Result<Vec<u8>> {
-    let bound = zstd::zstd_safe::compress_bound(data.len());
-    let mut out = Vec::with_capacity(bound + 32);
-    let mut enc = zstd::stream::Encoder::new(&mut out, LEVEL).map_err(|e| StoreError::Other(format!("zstd encoder: {e}")))?;
-    enc.set_pledged_src_size(Some(data.len() as u64))
-        .and_then(|_| enc.include_contentsize(true))
-        .and_then(|_| enc.include_checksum(true))
-        .and_then(|_| enc.write_all(data))
-        .and_then(|_| enc.finish().map(|_| ()))
-        .map_err(|e| StoreError::Other(format!("zstd compression: {e}")))?;
-    Ok(out)
+    let compressed = COMPRESSOR.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            let mut compressor = zstd::bulk::Compressor::new(LEVEL)?;
+            compressor.include_checksum(true)?;
+            compressor.include_contentsize(true)?;
+            *slot = Some(compressor);
+        }
+        slot.as_mut().expect("set above").compress(data)
+    });
+    compressed.map_err(|e| StoreError::Other(format!("zstd compression: {e}")).into())
 }
 
 /// Decodes a stored value of artifact `id` back into the bytes given to [`encode`] (or, for a
@@ -231,6 +236,14 @@ pub(crate) mod tests {
         let enc = encode(&data).unwrap();
         let pieces: Vec<Vec<u8>> = [&enc[..7], &enc[7..1_000_003], &enc[1_000_003..]].map(<[u8]>::to_vec).into();
         assert_eq!(decode_async("p", pieces.clone(), None).await.unwrap(), data);
+        assert_eq!(decode_pieces("p", &slices(&pieces), Some(data.len())).unwrap(), data, "exactly the limit");
+        assert!(crate::artifacts::is_too_large(&decode_pieces("p", &slices(&pieces), Some(data.len() - 1)).unwrap_err()));
+        // A frame that does not declare its size, in pieces: the output grows as it decodes.
+        let mut unsized_frame = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        std::io::Write::write_all(&mut unsized_frame, &data).unwrap();
+        let unsized_frame = unsized_frame.finish().unwrap();
+        let (a, b) = unsized_frame.split_at(unsized_frame.len() / 3);
+        assert_eq!(decode_pieces("u", &[a, b], None).unwrap(), data);
         let mut damaged = pieces;
         damaged[2][10] ^= 1;
         let err = decode_async("p", damaged, None).await.unwrap_err();
