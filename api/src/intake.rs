@@ -197,8 +197,8 @@ impl Intake {
             }
         }
         let inputs = [("program", &program_artifact, ArtifactType::Program), ("stdin", &stdin_artifact, ArtifactType::Stdin)];
-        if let Some((what, _, _)) = inputs.iter().find(|(_, id, _)| id.is_empty()) {
-            return Err(Status::invalid_argument(format!("{what} artifact id is empty")));
+        for (what, id, _) in &inputs {
+            check_artifact_id(what, id)?;
         }
         // Another requester's artifact is reported exactly as a missing one.
         let absent = |what: &str, id: &str| Status::not_found(format!("{what} artifact {id} is not in the artifact store"));
@@ -233,6 +233,7 @@ impl Intake {
         validate_program(program, self.limits.max_program_memory).await?;
         let proof_artifact = match proof_artifact {
             Some(id) if !id.is_empty() => {
+                check_artifact_id("proof", &id)?;
                 // Never overwrite data that exists or that another request will write.
                 let in_use = self.store.exists(&Artifact(id.clone()), ArtifactType::Proof).await.map_err(store_error)?
                     || !self.db.claim_artifacts(&request.owner, std::slice::from_ref(&id)).await.map_err(internal)?.is_empty();
@@ -301,6 +302,24 @@ impl Intake {
 
 /// The cycle limit a proof runs under: the requested one within the requester's maximum, or
 /// that maximum when the request names none (0 or absent).
+/// Longest artifact id a client may name.
+const MAX_ARTIFACT_ID: usize = 256;
+
+/// A client-named artifact id must be a plain name: its S3 object is `<prefix><id>`, so a `/`
+/// could reach objects that are not artifacts (proof downloads live under `<prefix>downloads/`).
+fn check_artifact_id(what: &str, id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} artifact id is empty")));
+    }
+    if id.len() > MAX_ARTIFACT_ID || id.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
+        return Err(Status::invalid_argument(format!(
+            "{what} artifact id {:?} is not a plain name: at most {MAX_ARTIFACT_ID} bytes, no '/', '\\' or control characters",
+            id.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
 fn cycle_limit(requested: Option<u64>, quota: &Quota, owner: &str) -> Result<Option<u64>, Status> {
     match (requested.filter(|c| *c > 0), quota.max_cycles) {
         (Some(asked), Some(max)) if asked > max => Err(Status::invalid_argument(format!(
@@ -372,5 +391,17 @@ mod tests {
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
         assert!(refused.message().contains("1000"), "{}", refused.message());
         assert_eq!(cycle_limit(None, &Quota::default(), "a").unwrap(), None);
+    }
+
+    #[test]
+    fn client_named_artifact_ids_are_plain_names() {
+        for ok in ["artifact_01jx8r3k2m", "a", &"x".repeat(MAX_ARTIFACT_ID), "proof-1.bin:v2"] {
+            check_artifact_id("proof", ok).unwrap();
+        }
+        for bad in ["", "downloads/proof_1.bin", "..\\x", "a\nb", &"x".repeat(MAX_ARTIFACT_ID + 1)] {
+            let refused = check_artifact_id("proof", bad).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(refused.message().starts_with("proof artifact id"), "{}", refused.message());
+        }
     }
 }

@@ -265,8 +265,11 @@ impl ProverService for ProverApi {
             if !self.intake.store.exists(&artifact, ArtifactType::Proof).await.map_err(store_error)? {
                 return Err(lost());
             }
-            if let Some(offer) = downloads.existing(&id).await.map_err(store_error)? {
-                return Ok(url_response(offer));
+            match downloads.existing(&id).await {
+                Ok(Some(offer)) => return Ok(url_response(offer)),
+                Ok(None) => {}
+                // The proof is still there to stream.
+                Err(e) => tracing::warn!(proof = %id, "looking up the download of a proof failed: {e:#}"),
             }
         }
         let proof: ProofFromNetwork =

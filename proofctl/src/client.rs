@@ -128,49 +128,79 @@ pub enum Delivery {
 }
 
 /// Writes proof `proof_id` to `out`: streamed by the api, or fetched from the download URL the
-/// api offers for a large proof. Returns its length and how it came.
+/// api offers for a large proof (streamed after all when the URL fails). Returns its length and
+/// how it came.
 pub async fn download_proof(client: &mut ApiClient, proof_id: &str, out: &Path) -> Result<(u64, Delivery)> {
-    let request = GetProofRequest { proof_id: proof_id.to_string(), accept_url: true };
+    match get_proof(client, proof_id, true).await? {
+        Got::Bytes(bytes) => return write_proof(proof_id, bytes, out).map(|n| (n, Delivery::Streamed)),
+        Got::Url { url, size } => match fetch_url(&url, size, out).await {
+            Ok(n) => return Ok((n, Delivery::DownloadUrl)),
+            Err(e) => eprintln!("proofctl: fetching proof {proof_id} from its download URL failed ({e:#}); streaming it from the api"),
+        },
+    }
+    match get_proof(client, proof_id, false).await? {
+        Got::Bytes(bytes) => write_proof(proof_id, bytes, out).map(|n| (n, Delivery::Streamed)),
+        Got::Url { .. } => bail!("the api sent a download URL for proof {proof_id} to a client that did not ask for one"),
+    }
+}
+
+/// What GetProof answered.
+enum Got {
+    Bytes(Vec<u8>),
+    Url { url: String, size: u64 },
+}
+
+async fn get_proof(client: &mut ApiClient, proof_id: &str, accept_url: bool) -> Result<Got> {
+    let request = GetProofRequest { proof_id: proof_id.to_string(), accept_url };
     let mut stream = client.get_proof(request).await.map_err(status_error)?.into_inner();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await.map_err(status_error)? {
         if !chunk.download_url.is_empty() {
-            let n = fetch_url(&chunk.download_url, chunk.size, out).await.with_context(|| format!("downloading proof {proof_id}"))?;
-            return Ok((n, Delivery::DownloadUrl));
+            return Ok(Got::Url { url: chunk.download_url, size: chunk.size });
         }
         bytes.extend_from_slice(&chunk.data);
     }
+    Ok(Got::Bytes(bytes))
+}
+
+fn write_proof(proof_id: &str, bytes: Vec<u8>, out: &Path) -> Result<u64> {
     if bytes.is_empty() {
         bail!("the api returned an empty proof for {proof_id}");
     }
     std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-    Ok((bytes.len() as u64, Delivery::Streamed))
+    Ok(bytes.len() as u64)
 }
 
-/// Streams the body of `url` into `out`, which must come to `size` bytes.
+/// Streams the body of `url` into `out`, which must come to `size` bytes; written beside `out`
+/// first, so a failed download leaves whatever `out` held before.
 async fn fetch_url(url: &str, size: u64, out: &Path) -> Result<u64> {
     use std::io::Write;
-    let mut response = reqwest::get(url).await?;
+    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(30)).read_timeout(Duration::from_secs(120)).build()?;
+    let mut response = http.get(url).send().await?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
         bail!("the download URL answered {status}: {}", body.chars().take(300).collect::<String>());
     }
-    let mut file = std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
-    let mut written = 0u64;
-    while let Some(piece) = response.chunk().await? {
-        written += piece.len() as u64;
-        if written > size {
-            break;
+    let part = out.with_file_name(format!("{}.part", out.file_name().and_then(|n| n.to_str()).unwrap_or("proof")));
+    let written = async {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?);
+        let mut written = 0u64;
+        while let Some(piece) = response.chunk().await? {
+            written += piece.len() as u64;
+            anyhow::ensure!(written <= size, "the download is longer than the {size} bytes the api announced");
+            file.write_all(&piece).with_context(|| format!("writing {}", part.display()))?;
         }
-        file.write_all(&piece).with_context(|| format!("writing {}", out.display()))?;
+        file.flush()?;
+        anyhow::ensure!(written == size, "the download came to {written} bytes where the api announced {size}");
+        std::fs::rename(&part, out).with_context(|| format!("moving {} to {}", part.display(), out.display()))?;
+        Ok(written)
     }
-    file.flush()?;
-    if written != size {
-        let _ = std::fs::remove_file(out);
-        bail!("the download came to {written} bytes where the api announced {size}");
+    .await;
+    if written.is_err() {
+        let _ = std::fs::remove_file(&part);
     }
-    Ok(written)
+    written
 }
 
 pub fn status_error(status: tonic::Status) -> anyhow::Error {

@@ -208,6 +208,11 @@ async fn a_request_names_only_its_requesters_artifacts() {
         let refused = bob.proof_request_create(request("b4", id("p", "bob"), id("s", "bob"), Some(output.clone()))).await.unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition, "output {output}: {refused}");
     }
+    // Nor may an output name reach outside the artifacts (S3 keys are `<prefix><id>`; proof
+    // downloads live under `<prefix>downloads/`).
+    let escape = format!("downloads/{}.bin", alices.proof_id);
+    let refused = bob.proof_request_create(request("b6", id("p", "bob"), id("s", "bob"), Some(escape))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
     // With his own artifacts and a fresh output, Bob's request goes through.
     bob.proof_request_create(request("b5", id("p", "bob"), id("s", "bob"), Some(id("o", "bob")))).await.unwrap();
 

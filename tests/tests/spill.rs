@@ -88,18 +88,28 @@ async fn a_proof_in_s3_survives_an_s3_outage_and_downloads_from_a_presigned_url(
     assert!(stdout.contains("from its download URL"), "{stdout}");
     assert!(std::fs::read(&out).unwrap() == streamed, "proofctl wrote other bytes");
 
-    // The signature covers the object and the expiry: a URL bent to another object (the
-    // program's, in the same bucket) or with a changed signature is refused...
-    let other = offer.download_url.replace(&object, &format!("{prefix}{}", row.program_artifact));
+    // The signature covers the object and the expiry: beside a fresh URL that works, the same
+    // URL bent to another object (the program's, in the same bucket) or with a changed signature
+    // is refused, before it expires (else the refusals would prove nothing)...
+    let fresh = url_offer(&mut client, &id).await;
+    assert_eq!(http_get(&fresh.download_url).await.0, 200, "the control URL");
+    let other = fresh.download_url.replace(&object, &format!("{prefix}{}", row.program_artifact));
     assert_eq!(http_get(&other).await.0, 403, "a URL bent to another object was served");
-    let forged = flip_last_signature_digit(&offer.download_url);
+    let forged = flip_last_signature_digit(&fresh.download_url);
     assert_eq!(http_get(&forged).await.0, 403, "a URL with a changed signature was served");
+    assert!(now() < fresh.url_expires_at, "the checks ran past the URL's expiry");
     // ... and so is the URL itself once it has expired.
-    let wait = again.url_expires_at.saturating_sub(now()) + 2;
+    let wait = fresh.url_expires_at.saturating_sub(now()) + 2;
     assert!(wait <= URL_TTL_SECS + 2, "the URL expires in {wait} s, past the lifetime set");
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    let (status, body) = http_get(&again.download_url).await;
+    let (status, body) = http_get(&fresh.download_url).await;
     assert_eq!(status, 403, "an expired URL was served: {}", String::from_utf8_lossy(&body));
+
+    // Past the proof's retention (its artifact gone), no URL is handed out, though the download
+    // object is still in the bucket.
+    let _: () = redis::cmd("DEL").arg(&row.proof_artifact).query_async(&mut conn).await.unwrap();
+    let lost = client.get_proof(GetProofRequest { proof_id: id.clone(), accept_url: true }).await.unwrap_err();
+    assert_eq!(lost.code(), tonic::Code::DataLoss, "{lost}");
     db.close().await;
     cluster.shutdown().await;
 }

@@ -233,8 +233,8 @@ impl S3Tier {
     }
 
     /// Artifact `id`, which is `len` bytes long (its Redis pointer says so), in order as the
-    /// ranges came (a reader can decode across them), all ranges in flight at once; an object of
-    /// another length is reported corrupt.
+    /// ranges came (a reader can decode across them), without a HEAD first; an object of another
+    /// length is reported corrupt.
     pub async fn get_pieces(&self, id: &str, len: usize) -> Result<Vec<Vec<u8>>> {
         self.ranges(&self.key(id), id, 0, len).await
     }
