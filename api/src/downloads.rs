@@ -62,10 +62,6 @@ impl ProofDownloads {
         Ok(Some(ProofDownloads { tier: tier.clone(), settings }))
     }
 
-    pub fn threshold(&self) -> usize {
-        self.settings.threshold
-    }
-
     fn object(proof_id: &str) -> String {
         format!("downloads/{proof_id}.bin")
     }
@@ -120,7 +116,7 @@ mod tests {
             assert!(e.contains("outside S3's 1 s to 7 days"), "{e}");
         }
         let downloads = ProofDownloads::new(&store, Some(asked)).unwrap().unwrap();
-        assert_eq!(downloads.threshold(), 1 << 20);
+        assert_eq!(downloads.settings, asked);
         assert_eq!(ProofDownloads::object("proof_1"), "downloads/proof_1.bin");
     }
 }

@@ -300,8 +300,6 @@ impl Intake {
     }
 }
 
-/// The cycle limit a proof runs under: the requested one within the requester's maximum, or
-/// that maximum when the request names none (0 or absent).
 /// Longest artifact id a client may name.
 const MAX_ARTIFACT_ID: usize = 256;
 
@@ -320,6 +318,8 @@ fn check_artifact_id(what: &str, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// The cycle limit a proof runs under: the requested one within the requester's maximum, or
+/// that maximum when the request names none (0 or absent).
 fn cycle_limit(requested: Option<u64>, quota: &Quota, owner: &str) -> Result<Option<u64>, Status> {
     match (requested.filter(|c| *c > 0), quota.max_cycles) {
         (Some(asked), Some(max)) if asked > max => Err(Status::invalid_argument(format!(

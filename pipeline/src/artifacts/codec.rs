@@ -175,6 +175,13 @@ pub(crate) mod tests {
         out
     }
 
+    /// A frame that does not declare its decoded size, as a streaming writer makes it.
+    fn unsized_frame(data: &[u8]) -> Vec<u8> {
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        std::io::Write::write_all(&mut encoder, data).unwrap();
+        encoder.finish().unwrap()
+    }
+
     #[test]
     fn round_trip_formats() {
         for data in [Vec::new(), b"x".to_vec(), vec![7u8; 1 << 20], random_bytes(300_000, 1)] {
@@ -239,9 +246,7 @@ pub(crate) mod tests {
         assert_eq!(decode_pieces("p", &slices(&pieces), Some(data.len())).unwrap(), data, "exactly the limit");
         assert!(crate::artifacts::is_too_large(&decode_pieces("p", &slices(&pieces), Some(data.len() - 1)).unwrap_err()));
         // A frame that does not declare its size, in pieces: the output grows as it decodes.
-        let mut unsized_frame = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
-        std::io::Write::write_all(&mut unsized_frame, &data).unwrap();
-        let unsized_frame = unsized_frame.finish().unwrap();
+        let unsized_frame = unsized_frame(&data);
         let (a, b) = unsized_frame.split_at(unsized_frame.len() / 3);
         assert_eq!(decode_pieces("u", &[a, b], None).unwrap(), data);
         let mut damaged = pieces;
@@ -263,9 +268,7 @@ pub(crate) mod tests {
         bad[HEADER_LEN + 5_000] ^= 0x55;
         assert_eq!(decompress_one_shot(&[&bad], None), None, "the one call checks zstd's checksum too");
         // A frame without a declared size (a streaming writer's) streams.
-        let mut unsized_frame = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
-        std::io::Write::write_all(&mut unsized_frame, &data).unwrap();
-        let unsized_frame = unsized_frame.finish().unwrap();
+        let unsized_frame = unsized_frame(&data);
         assert_eq!(decompress_one_shot(&[&unsized_frame], None), None);
         assert_eq!(decode("u", &unsized_frame).unwrap(), data);
     }
