@@ -224,20 +224,31 @@ async fn a_killed_runner_a_deleted_job_a_lost_node_and_a_hung_runner_do_not_fail
     // its pod (the node agent then kills the process), says so on the Job, hands the task on,
     // and the proof completes.
     let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
-    let pid = wait_runner_process(&id, Duration::from_secs(60)).await;
+    let (pid, pod) = wait_runner(&id, Duration::from_millis(200)).await;
+    wait_registered(&db, &pod).await;
     // SAFETY: stopping a task-runner process of this test.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let stopped = Instant::now();
-    while pid_alive(pid) {
-        assert!(stopped.elapsed() < Duration::from_secs(120), "the hung runner's process was never stopped\n{}", env.node_agent_log());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    println!("hung runner's process gone {:.0} s after it froze", stopped.elapsed().as_secs_f64());
+    wait_stopped(pid, &env).await;
     let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
     assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
-    let jobs = env.job_names(&id);
-    let reasons: Vec<String> = jobs.iter().flat_map(|job| env.event_reasons(job, "RunnerHung")).collect();
-    assert!(reasons.contains(&"RunnerHung".to_string()), "the hung runner's Job says so: {jobs:?} {reasons:?}");
+    assert_hung_on_a_job(&env, &id);
+
+    // 5. A runner frozen before it registered: no row, no heartbeat to go stale. Its pod is
+    // deleted once its container has run past the limit. (The freeze races the runner's start;
+    // when the runner wins, step 4's path takes it, and the test says which path it saw.)
+    let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(fibonacci_n_for_cycles(1_000_000))).await;
+    let (pid, pod) = wait_runner(&id, Duration::from_millis(1)).await;
+    // SAFETY: stopping a task-runner process of this test.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let registered_first = db.known_runners(std::slice::from_ref(&pod)).await.unwrap().contains(&pod);
+    println!("frozen runner {pod} had {}registered", if registered_first { "" } else { "not " });
+    wait_stopped(pid, &env).await;
+    let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
+    assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
+    assert_hung_on_a_job(&env, &id);
+    if !registered_first {
+        assert!(db.known_runners(std::slice::from_ref(&pod)).await.unwrap().is_empty(), "the frozen runner never registered");
+    }
     cluster.shutdown().await;
 }
 
@@ -365,18 +376,66 @@ async fn wait_job(env: &KubeEnv, name: &str) {
 /// The pid of a task-runner working on `proof_id` (found by its environment), once it has a task.
 async fn wait_runner_process(proof_id: &str, timeout: Duration) -> i32 {
     let started = Instant::now();
-    let needle = format!("PROOFJOBS_PROOF_ID={proof_id}\0");
     loop {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
-            if String::from_utf8_lossy(&environ).contains(&needle) && pid_alive(pid) {
-                return pid;
-            }
+        if let Some((pid, _)) = runner_process(proof_id) {
+            return pid;
         }
         assert!(started.elapsed() < timeout, "no runner process for {proof_id}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A live task-runner process of `proof_id` and its runner id (its pod's name).
+fn runner_process(proof_id: &str) -> Option<(i32, String)> {
+    let needle = format!("PROOFJOBS_PROOF_ID={proof_id}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let environ = String::from_utf8_lossy(&environ);
+        let mut vars = environ.split('\0');
+        if vars.clone().any(|v| v == needle) && pid_alive(pid) {
+            let runner = vars.find_map(|v| v.strip_prefix("PROOFJOBS_RUNNER_ID=")).unwrap_or_default();
+            return Some((pid, runner.to_string()));
+        }
+    }
+    None
+}
+
+/// The first runner process of `proof_id`, looked for every `poll`, with its pod's name.
+async fn wait_runner(proof_id: &str, poll: Duration) -> (i32, String) {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = runner_process(proof_id) {
+            assert!(!found.1.is_empty(), "runner process {} has no PROOFJOBS_RUNNER_ID", found.0);
+            return found;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no runner process for {proof_id}");
+        tokio::time::sleep(poll).await;
+    }
+}
+
+async fn wait_registered(db: &proofjobs_pipeline::state::Db, runner: &str) {
+    let started = Instant::now();
+    while !db.known_runners(&[runner.to_string()]).await.unwrap().contains(runner) {
+        assert!(started.elapsed() < Duration::from_secs(30), "runner {runner} never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait for a frozen runner's process to be killed (its pod deleted by the dispatcher).
+async fn wait_stopped(pid: i32, env: &KubeEnv) {
+    let stopped = Instant::now();
+    while pid_alive(pid) {
+        assert!(stopped.elapsed() < Duration::from_secs(120), "the hung runner's process was never stopped\n{}", env.node_agent_log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("hung runner's process gone {:.0} s after it froze", stopped.elapsed().as_secs_f64());
+}
+
+fn assert_hung_on_a_job(env: &KubeEnv, proof_id: &str) {
+    let jobs = env.job_names(proof_id);
+    let reasons: Vec<String> = jobs.iter().flat_map(|job| env.event_reasons(job, "RunnerHung")).collect();
+    assert!(reasons.contains(&"RunnerHung".to_string()), "the hung runner's Job says so: {jobs:?} {reasons:?}");
 }
 
 /// A real core proof through Jobs: the execute stage on the cpu pool, setup and shard proving on

@@ -1,11 +1,13 @@
 //! The Kubernetes backend: a runner group is a Job (docs/ARCHITECTURE.md, "Kubernetes backend").
 //! `job_spec.rs` builds Jobs, `profiles.rs` holds the stage profiles, `view.rs` decides what a
 //! Job shows, `watch.rs` keeps the dispatcher's view of Jobs and pods (watches, not polling; an
-//! event wakes the reconcile loop). Each pod of a Job is its own runner on the task bus (its own claims), so a
-//! pod that dies has exactly its own tasks handed back.
+//! event wakes the reconcile loop), `pods.rs` reaps runner pods that ended or went silent. Each
+//! pod of a Job is its own runner on the task bus (its own claims), so a pod that dies has
+//! exactly its own tasks handed back.
 
 pub mod job_spec;
 pub mod leader;
+mod pods;
 pub mod profiles;
 pub mod share;
 pub mod view;
@@ -36,7 +38,7 @@ use self::{
     job_spec::{build_job, job_name, JobSettings, POD_BACKEND},
     profiles::StageProfiles,
     share::{allocate, GpuJob, Grant},
-    view::{container_exit_code, finished, job_gpus, JobEnd, JobView, Waiting},
+    view::{finished, job_gpus, JobEnd, JobView, Waiting},
     watch::Watch,
 };
 use crate::backend::{Backend, Ended, GroupLoad, Note, RunnerSpec};
@@ -144,44 +146,6 @@ impl KubeBackend {
             })
             .max()
     }
-
-    /// Per-pod runner rows: close those whose pod ended or vanished (their tasks go back), and
-    /// delete pods whose runner stopped beating (hung: its Job starts a replacement).
-    async fn reap_pods(&self, rows: &[RunnerRow]) -> Result<()> {
-        let now = Utc::now();
-        for row in rows {
-            let pod = self.watch.pod(&row.id);
-            match pod {
-                Some(pod) => {
-                    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-                    if phase == "Succeeded" || phase == "Failed" {
-                        self.db.runner_exited(&row.id, container_exit_code(&pod), None).await?;
-                        continue;
-                    }
-                    let silent = (now - row.last_seen()).to_std().unwrap_or_default();
-                    if silent > self.settings.hung_after && pod.metadata.deletion_timestamp.is_none() {
-                        let why = format!("hung: no heartbeat for {} s (limit {} s)", silent.as_secs(), self.settings.hung_after.as_secs());
-                        tracing::warn!(pod = %row.id, "runner pod {why}; deleting it");
-                        match self.pods_api.delete(&row.id, &DeleteParams::default()).await {
-                            Ok(_) => {}
-                            Err(kube::Error::Api(e)) if e.code == 404 => {}
-                            Err(e) => return Err(e).with_context(|| format!("deleting hung pod {}", row.id)),
-                        }
-                        self.db.runner_exited(&row.id, None, Some(&why)).await?;
-                        if let Some(job) = self.watch.job(&row.handle) {
-                            self.event(&job, true, "RunnerHung", format!("pod {} {why}; deleted, its tasks handed back", row.id)).await;
-                        }
-                    }
-                }
-                None if age(row) > VANISH_GRACE => {
-                    tracing::warn!(pod = %row.id, "runner pod vanished; its tasks go back to the queue");
-                    self.db.runner_exited(&row.id, None, Some("pod vanished")).await?;
-                }
-                None => {}
-            }
-        }
-        Ok(())
-    }
 }
 
 /// The Job a runner row stands for: its handle once launched (the id is the same name).
@@ -285,6 +249,7 @@ impl Backend for KubeBackend {
         // Pod rows, read once: closed below when their pod ended, or when their Job did.
         let pod_rows = self.db.live_runners(POD_BACKEND).await?;
         self.reap_pods(&pod_rows).await?;
+        self.reap_unregistered(live, &pod_rows).await?;
         let mut ended = Vec::new();
         for runner in live {
             let name = job_of(runner);

@@ -3,6 +3,8 @@
 //! each proof's runner groups. Both are durable so that a restarted dispatcher keeps counting
 //! failures and honouring backoff where the last one stopped.
 
+use std::collections::HashSet;
+
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 
@@ -188,6 +190,12 @@ impl Db {
     pub async fn unreaped_runners(&self, backend: &str) -> Result<Vec<RunnerRow>> {
         let sql = format!("SELECT {RUNNER_COLUMNS} FROM runners WHERE reaped_at IS NULL AND backend = $1 ORDER BY started_at");
         Ok(sqlx::query_as(&sql).bind(backend).fetch_all(&self.pool).await?)
+    }
+
+    /// Which of `ids` have a runner row, live or ended: a runner that registered at some point.
+    pub async fn known_runners(&self, ids: &[String]) -> Result<HashSet<String>> {
+        let known: Vec<String> = sqlx::query_scalar("SELECT id FROM runners WHERE id = ANY($1)").bind(ids).fetch_all(&self.pool).await?;
+        Ok(known.into_iter().collect())
     }
 
     /// Every runner's handle (pid, Job name), live or ended.
