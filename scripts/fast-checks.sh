@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 step() { echo "fast-checks: $*" >&2; }
 step "cargo fmt --check"
 cargo fmt --all --check
+cargo fmt --manifest-path tests/network-client/Cargo.toml --check
 step "cargo clippy -D warnings"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 step "cargo machete (unused dependencies)"

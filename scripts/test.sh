@@ -16,6 +16,9 @@ started=$(date +%s)
 eval "$(tests/k8s/cluster.sh start)"
 echo "control plane up in $(( $(date +%s) - started )) s (includes its build when not cached)" >&2
 cargo build --release --workspace --bins
+# Stock sp1-sdk with its network feature, in a workspace of its own (tests/network-client): the
+# client the network API tests run. Shares the target dir; ~7 min the first time, ~1 s after.
+cargo build --release --locked --manifest-path tests/network-client/Cargo.toml
 # The CUDA task-runner (SP1's GPU prover, CUDA 13.0 from PyPI) is built on every run so it cannot
 # rot: ~1 s when cached, ~25 min the first time. tests/tests/gpu.rs runs it.
 scripts/build-cuda.sh

@@ -1,8 +1,9 @@
-//! Who is calling. Every RPC of both services passes through [`AuthLayer`], one tower layer in
-//! front of all of them, so no method can be added without authentication: it reads the bearer
-//! key from the `authorization` header, looks it up, and hands the handler a [`Caller`] in the
-//! request's extensions — or answers UNAUTHENTICATED itself. Only the standard health service
-//! (probes) is open. [`Bearer`] is the client side, used by proofctl and the tests.
+//! Who is calling. Every RPC passes through [`AuthLayer`], one tower layer in front of all
+//! services, so no method can be added without authentication: it reads the bearer key from the
+//! `authorization` header, looks it up, and hands the handler a [`Caller`] in the request's
+//! extensions — or answers UNAUTHENTICATED itself. Only the standard health service (probes) and
+//! the prover-network API (signed requests and token URLs, checked in `network/`) are open.
+//! [`Bearer`] is the client side, used by proofctl and the tests.
 
 use std::{
     pin::Pin,
@@ -102,9 +103,13 @@ pub struct AuthService<S> {
     auth: Arc<Auth>,
 }
 
-/// Paths open without a key: the standard health service, which kubelet probes call.
+/// Paths open without a key: the standard health service, which kubelet probes call, and the
+/// prover-network API, whose callers prove who they are by signature (`network/`) and whose
+/// artifact URLs carry their own unguessable tokens.
 fn is_open(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/")
+    ["/grpc.health.v1.Health/", "/network.ProverNetwork/", "/artifact.ArtifactStore/", "/network/"]
+        .iter()
+        .any(|open| path.starts_with(open))
 }
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
@@ -191,6 +196,8 @@ mod tests {
         assert!(is_open("/grpc.health.v1.Health/Check"));
         assert!(!is_open("/proofjobs.v1.ProverService/Get"));
         assert!(!is_open("/cluster.ClusterService/Healthcheck"));
+        assert!(is_open("/network.ProverNetwork/RequestProof"));
+        assert!(!is_open("/networks/x"));
     }
 
     #[test]

@@ -253,6 +253,22 @@ impl Intake {
         self.create(request, deadline, program_artifact, stdin_artifact, proof_artifact).await
     }
 
+    /// The prover-network path (`network/`): program and stdin are stored, validated and claimed
+    /// for the owner already; the request's id is chosen by the caller, so a retry finds its proof.
+    pub async fn create_for_network(
+        &self,
+        request: Request,
+        program_artifact: String,
+        stdin_artifact: String,
+    ) -> Result<(String, bool), Status> {
+        let quota = self.quota(&request.owner).await?;
+        let deadline = self.deadline(request.deadline, &quota, &request.owner)?;
+        let cycle_limit = cycle_limit(request.cycle_limit, &quota, &request.owner)?;
+        let proof_artifact = self.store.create_artifact().map_err(internal)?.0;
+        self.db.claim_artifacts(&request.owner, std::slice::from_ref(&proof_artifact)).await.map_err(internal)?;
+        self.create(Request { cycle_limit, ..request }, deadline, program_artifact, stdin_artifact, proof_artifact).await
+    }
+
     async fn existing_for_key(&self, owner: &str, key: &str) -> Result<Option<String>, Status> {
         self.db.proof_for_idempotency_key(owner, key).await.map_err(internal)
     }

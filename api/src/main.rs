@@ -45,6 +45,19 @@ struct Args {
     /// authentication at all, every caller an admin — only behind a network you trust.
     #[arg(long, env = "PROOFJOBS_AUTH", default_value = "keys", value_parser = ["keys", "none"])]
     auth: String,
+    /// Serve the prover-network API that stock sp1-sdk speaks, for clients that reach this api at
+    /// this URL (their NETWORK_RPC_URL, e.g. `https://prover.example.com`); artifact upload and
+    /// proof download URLs are built on it. Unset: no network API.
+    #[arg(long, env = "PROOFJOBS_NETWORK_URL")]
+    network_url: Option<String>,
+    /// Who may use the network API. `allowlist`: addresses registered with `proofctl admin network
+    /// allow`. `verify`: any address whose signature verifies, as its own requester. `none`: no
+    /// signature needed — only behind a network you trust.
+    #[arg(long, env = "PROOFJOBS_NETWORK_AUTH", default_value = "allowlist", value_parser = ["allowlist", "verify", "none"])]
+    network_auth: String,
+    /// How long a network upload URL (CreateArtifact) stays usable.
+    #[arg(long, env = "PROOFJOBS_NETWORK_UPLOAD_TTL_SECS", default_value_t = 3600)]
+    network_upload_ttl_secs: u64,
     /// PEM certificate chain for TLS on the gRPC port (with --tls-key); plaintext without.
     #[arg(long, env = "PROOFJOBS_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -97,7 +110,16 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.addr).await?;
     // Kubernetes stops a pod with SIGTERM; a terminal with Ctrl-C.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let guard = server::Guard { auth, tls };
+    let network = args.network_url.map(|url| proofjobs_api::network::Settings {
+        url,
+        auth: match args.network_auth.as_str() {
+            "none" => proofjobs_api::network::NetworkAuth::None,
+            "verify" => proofjobs_api::network::NetworkAuth::Verify,
+            _ => proofjobs_api::network::NetworkAuth::Allowlist,
+        },
+        upload_ttl: std::time::Duration::from_secs(args.network_upload_ttl_secs),
+    });
+    let guard = server::Guard { auth, tls, network };
     server::serve(Intake::new(db, store, limits), notifications, listener, guard, async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}

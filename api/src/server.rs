@@ -1,4 +1,4 @@
-//! Serving both APIs, and the standard health service that reports on them, on one listener.
+//! Serving the APIs, and the standard health service that reports on them, on one listener.
 
 use std::net::SocketAddr;
 
@@ -10,6 +10,7 @@ use crate::{
     auth::{Auth, AuthLayer},
     cluster::ClusterApi,
     health,
+    network::{artifact_proto::artifact_store_server::ArtifactStoreServer, proto::prover_network_server::ProverNetworkServer, NetworkApi},
     proto::prover_service_server::ProverServiceServer,
     service::ProverApi,
     Intake,
@@ -20,6 +21,8 @@ pub struct Guard {
     pub auth: Auth,
     /// PEM certificate chain and private key; None serves plaintext gRPC.
     pub tls: Option<tonic::transport::Identity>,
+    /// The prover-network API, served beside the others when set (`network/`).
+    pub network: Option<crate::network::Settings>,
 }
 
 /// Serve on `listener` until `shutdown` resolves. On shutdown the health service reports
@@ -36,22 +39,29 @@ pub async fn serve(
     let prover = ProverServiceServer::new(ProverApi::new(intake.clone(), notifications)?).max_decoding_message_size(64 << 20);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let tracker = tokio::spawn(health::track(reporter.clone(), intake.db.clone(), intake.store.clone()));
+    let network_intake = intake.clone();
     let cluster = ClusterServiceServer::new(ClusterApi::new(intake));
     let draining = async move {
         shutdown.await;
         tracker.abort();
         health::set_all(&reporter, tonic_health::ServingStatus::NotServing).await;
     };
-    let mut builder = tonic::transport::Server::builder();
+    let network = guard.network.map(|settings| NetworkApi::new(network_intake, settings));
+    // The SDK's artifact uploads and proof downloads are plain HTTP/1.1 on this same listener.
+    let mut builder = tonic::transport::Server::builder().accept_http1(network.is_some());
     if let Some(identity) = guard.tls {
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     }
-    builder
-        .layer(AuthLayer::new(guard.auth))
-        .add_service(health_service)
-        .add_service(prover)
-        .add_service(cluster)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), draining)
-        .await?;
+    let mut routes = tonic::service::Routes::new(health_service).add_service(prover).add_service(cluster);
+    if let Some(network) = network {
+        tracing::info!(url = %network.url(), "prover-network API on");
+        routes = routes
+            .add_service(ProverNetworkServer::new(network.clone()).max_decoding_message_size(64 << 20))
+            .add_service(ArtifactStoreServer::new(network.clone()));
+        let grpc = std::mem::replace(routes.axum_router_mut(), axum::Router::new());
+        *routes.axum_router_mut() = grpc.merge(crate::network::http::routes(network));
+    }
+    let router = builder.layer(AuthLayer::new(guard.auth)).add_routes(routes);
+    router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), draining).await?;
     Ok(())
 }

@@ -1,11 +1,11 @@
-//! `proofctl admin keys|quota|usage|prices|runner-login ...`: API keys, requesters' quotas, usage
-//! and prices, and the runners' database login, managed in the cluster's database directly —
+//! `proofctl admin keys|quota|usage|prices|network|runner-login ...`: API keys, requesters' quotas,
+//! usage and prices, the prover-network allowlist, and the runners' database login, managed in the cluster's database directly —
 //! which is also how the first admin key comes to exist, before any key could authorise an RPC.
 
 use anyhow::Result;
 use chrono::Utc;
 use clap::{Args, Subcommand};
-use proofjobs_pipeline::state::{Db, RequesterRow, DEFAULT_QUOTA};
+use proofjobs_pipeline::state::{validate_requester_name, Db, RequesterRow, DEFAULT_QUOTA};
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -40,6 +40,9 @@ pub enum AdminCommand {
         #[arg(long)]
         gpu_usd_per_hour: Option<f64>,
     },
+    /// The prover-network API's allowlist: which signer addresses may prove, as which requester.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Create (or give a new password to) the login role runner pods connect as: a member of
     /// `proofjobs_runner`, with rights on the rows of the proof whose token it presents only.
     /// Its URL goes into the runner Secret as `runner-database-url`.
@@ -50,6 +53,17 @@ pub enum AdminCommand {
         /// Its password (from the environment, so it stays out of shell history and `ps`).
         #[arg(long, env = "PROOFJOBS_RUNNER_DB_PASSWORD", hide_env_values = true)]
         password: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// Let the key behind `address` (0x + 40 hex digits, as `cast wallet address` prints it) use
+    /// the network API as `requester`: its proofs, quotas and usage are that requester's.
+    Allow {
+        address: String,
+        #[arg(long)]
+        requester: String,
     },
 }
 
@@ -122,12 +136,30 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         AdminCommand::Quota(command) => quota(&db, command).await,
         AdminCommand::Usage { since } => usage(&db, &since).await,
         AdminCommand::Prices { cpu_usd_per_hour, gpu_usd_per_hour } => prices(&db, cpu_usd_per_hour, gpu_usd_per_hour).await,
+        AdminCommand::Network(NetworkCommand::Allow { address, requester }) => allow_address(&db, &address, &requester).await,
         AdminCommand::RunnerLogin { role, password } => db.set_runner_login(&role, &password, true).await.map(|created| {
             println!("role {role} {} (member of proofjobs_runner)", if created { "can log in" } else { "unchanged" });
         }),
     };
     db.close().await;
     result
+}
+
+async fn allow_address(db: &Db, address: &str, requester: &str) -> Result<()> {
+    validate_requester_name(requester).map_err(anyhow::Error::msg)?;
+    let bytes = parse_address(address).map_err(anyhow::Error::msg)?;
+    db.allow_network_address(&bytes, requester).await?;
+    println!("address {} proves as requester {requester}", address.to_lowercase());
+    Ok(())
+}
+
+/// `0x` and 40 hex digits.
+fn parse_address(address: &str) -> Result<Vec<u8>, String> {
+    let digits = address.strip_prefix("0x").or_else(|| address.strip_prefix("0X")).unwrap_or(address);
+    if digits.len() != 40 {
+        return Err(format!("address {address:?} is not 0x and 40 hex digits"));
+    }
+    hex::decode(digits).map_err(|e| format!("address {address:?} is not hex: {e}"))
 }
 
 async fn usage(db: &Db, since: &str) -> Result<()> {
@@ -289,6 +321,14 @@ mod tests {
         assert_eq!(parse_since("2026-11-01T00:00:00Z", now).unwrap().to_rfc3339(), "2026-11-01T00:00:00+00:00");
         for bad in ["", "h", "24", "3w", "yesterday"] {
             assert!(parse_since(bad, now).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn addresses_are_0x_and_40_hex_digits() {
+        assert_eq!(parse_address("0xF39Fd6e51aad88F6F4ce6aB8827279cffFb92266").unwrap().len(), 20);
+        for bad in ["", "0x", "0x1234", "f39fd6e51aad88f6f4ce6ab8827279cfffb9226", "0xz39fd6e51aad88f6f4ce6ab8827279cfffb92266"] {
+            assert!(parse_address(bad).is_err(), "{bad:?}");
         }
     }
 }

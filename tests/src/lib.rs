@@ -220,9 +220,10 @@ impl Cluster {
             ("PROOFJOBS_ARTIFACT_STORE", store_url.clone()),
             ("PROOFJOBS_API_ADDR", format!("127.0.0.1:{port}")),
         ];
-        env.extend(extra_api_env.iter().cloned());
-        let api = Proc::spawn(&bin("proofjobs-api"), &[], &env, dir.path().join("api.log"));
         let endpoint = format!("http://127.0.0.1:{port}");
+        // `{endpoint}` in a value stands for the api's own URL (the network API's public URL).
+        env.extend(extra_api_env.iter().map(|(k, v)| (*k, v.replace("{endpoint}", &endpoint))));
+        let api = Proc::spawn(&bin("proofjobs-api"), &[], &env, dir.path().join("api.log"));
         let runner_db_url = db.runner_url().await;
         let mut cluster =
             Cluster { db, runner_db_url, endpoint, store_url, api, dispatcher: None, dispatcher_env, dir, admin_key: String::new() };

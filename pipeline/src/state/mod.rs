@@ -11,6 +11,7 @@ mod claims;
 mod keys;
 mod lifecycle;
 mod messages;
+mod network;
 mod notifications;
 mod proofs;
 mod quotes;
@@ -30,6 +31,7 @@ use sqlx::{
 pub use self::{
     keys::{KeyHolder, KeyRefusal, KeyRow},
     lifecycle::EndedProof,
+    network::{NetworkProgram, NetworkRequest, NetworkUpload},
     notifications::{wait_for, Notifications},
     proofs::{ActiveHead, CancelOutcome, InsertOutcome, NewProof, ProofRow, ProofStatus, StageProgress},
     quotes::{HistoryPoint, QuoteRow},

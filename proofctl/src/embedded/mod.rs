@@ -62,7 +62,7 @@ impl Embedded {
                 let _ = api_stop.changed().await;
             };
             // A loopback port that lives as long as this command: no keys, no TLS.
-            let guard = server::Guard { auth: Auth::Disabled, tls: None };
+            let guard = server::Guard { auth: Auth::Disabled, tls: None, network: None };
             if let Err(e) = server::serve(intake, n, listener, guard, shutdown).await {
                 tracing::error!("api: {e:#}");
             }
