@@ -255,6 +255,8 @@ impl Intake {
 
     /// The prover-network path (`network/`): program and stdin are stored, validated and claimed
     /// for the owner already; the request's id is chosen by the caller, so a retry finds its proof.
+    /// The SDK asks for a deadline on its own (4 h by default), so one past the requester's
+    /// longest is shortened to it rather than refused.
     pub async fn create_for_network(
         &self,
         request: Request,
@@ -262,7 +264,12 @@ impl Intake {
         stdin_artifact: String,
     ) -> Result<(String, bool), Status> {
         let quota = self.quota(&request.owner).await?;
-        let deadline = self.deadline(request.deadline, &quota, &request.owner)?;
+        let longest = quota.max_deadline_secs.map(|secs| (Utc::now().timestamp().max(0) as u64).saturating_add(secs));
+        let requested = match (request.deadline, longest) {
+            (Some(asked), Some(longest)) if asked > longest => Some(longest),
+            (asked, _) => asked,
+        };
+        let deadline = self.deadline(requested, &quota, &request.owner)?;
         let cycle_limit = cycle_limit(request.cycle_limit, &quota, &request.owner)?;
         let proof_artifact = self.store.create_artifact().map_err(internal)?.0;
         self.db.claim_artifacts(&request.owner, std::slice::from_ref(&proof_artifact)).await.map_err(internal)?;

@@ -1,7 +1,8 @@
 -- The prover-network API (api/src/network/): callers are addresses recovered from signatures.
--- Nonces order each address's signed requests; programs are registered once per vk hash;
--- uploads are the presigned URLs CreateArtifact hands out; requests map a network request id
--- onto a proof; addresses maps an allowed address onto a requester (allowlist mode).
+-- Nonces order each address's signed requests; programs are registered per requester and vk
+-- hash (one requester's registration is never another's program); uploads are the one-shot URLs
+-- CreateArtifact hands out; requests map a network request id onto a proof; addresses maps an
+-- allowed address onto a requester (allowlist mode).
 
 CREATE TABLE network_nonces (
     address BYTEA PRIMARY KEY,
@@ -9,11 +10,12 @@ CREATE TABLE network_nonces (
 );
 
 CREATE TABLE network_programs (
-    vk_hash BYTEA PRIMARY KEY,
+    vk_hash BYTEA NOT NULL,
+    owner TEXT NOT NULL,
     vk BYTEA NOT NULL,
     program_artifact TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (vk_hash, owner)
 );
 
 CREATE TABLE network_uploads (
@@ -22,7 +24,9 @@ CREATE TABLE network_uploads (
     kind INT NOT NULL,
     owner TEXT NOT NULL,
     expires_at TIMESTAMPTZ NOT NULL,
-    uploaded_at TIMESTAMPTZ
+    uploaded_at TIMESTAMPTZ,
+    -- SHA-256 of the body stored: a repeat of the same PUT (a lost reply) is answered OK.
+    sha256 BYTEA
 );
 CREATE INDEX network_uploads_expiry ON network_uploads (expires_at);
 
@@ -30,7 +34,6 @@ CREATE TABLE network_requests (
     request_id BYTEA PRIMARY KEY,
     proof_id TEXT NOT NULL UNIQUE,
     owner TEXT NOT NULL,
-    deadline BIGINT NOT NULL,
     download_token TEXT NOT NULL UNIQUE,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -198,6 +198,18 @@ async fn stock_sp1_sdk_proves_through_the_network_api_for_allowed_addresses_only
     assert_eq!(garbage.status().as_u16(), 400, "{:?}", garbage.text().await);
     let not_stdin = http.put(&created.artifact_presigned_url).body(zstd::encode_all(&b"xyz"[..], 3).unwrap()).send().await.unwrap();
     assert_eq!(not_stdin.status().as_u16(), 400);
+    // Refused bodies leave the URL usable; a stored one uses it up (its exact repeat is OK).
+    let good = zstd::encode_all(&fibonacci_stdin(11)[..], 3).unwrap();
+    for _ in 0..2 {
+        let stored = http.put(&created.artifact_presigned_url).body(good.clone()).send().await.unwrap();
+        assert_eq!(stored.status().as_u16(), 200, "{:?}", stored.text().await);
+    }
+    let other = zstd::encode_all(&fibonacci_stdin(12)[..], 3).unwrap();
+    let reused = http.put(&created.artifact_presigned_url).body(other).send().await.unwrap();
+    assert_eq!(reused.status().as_u16(), 403, "an upload URL takes one body");
+    // GetProgram has no signer: every requester registers its own programs.
+    let lookup = network.get_program(proofjobs_api::network::proto::GetProgramRequest { vk_hash: vk_hash.clone() }).await;
+    assert_eq!(lookup.unwrap_err().code(), Code::NotFound);
     let unsupported =
         artifacts.create_artifact(CreateArtifactRequest { signature: sign(&allowed, b"create_artifact", 27), artifact_type: 3 }).await;
     assert_eq!(unsupported.unwrap_err().code(), Code::InvalidArgument);

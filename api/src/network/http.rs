@@ -1,22 +1,26 @@
 //! The URLs CreateArtifact and GetProofRequestStatus hand out, served on the api's own listener:
 //! PUT of a program or stdin (zstd-compressed bincode, as sp1-sdk uploads them) and GET of a
 //! finished proof (plain bincode, as sp1-sdk reads it). Each URL carries an unguessable token
-//! that names one upload grant or one request; uploads expire, and what is uploaded is checked
-//! exactly as the other APIs check it before it is stored.
+//! that names one upload grant or one request; an upload URL takes one body before it expires (a
+//! repeat of that body is answered OK, for clients whose reply was lost), and what is uploaded is
+//! checked exactly as the other APIs check it before it is stored. Uploads are read under a
+//! semaphore, each capped at its kind's limit, so memory stays bounded however many arrive.
 
-use std::io::Read;
+use std::{io::Read, sync::Arc};
 
 use axum::{
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{DefaultBodyLimit, Path, State},
     http::StatusCode,
     routing::{get, put},
     Router,
 };
 use chrono::Utc;
-use proofjobs_pipeline::state::ProofStatus;
+use proofjobs_pipeline::state::{NetworkUpload, ProofStatus, UploadTake};
+use sha2::{Digest, Sha256};
 use sp1_prover::worker::ProofFromNetwork;
 use sp1_prover_types::{Artifact, ArtifactClient, ArtifactType};
+use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
 use super::{NetworkApi, PROGRAM};
@@ -24,16 +28,23 @@ use crate::{intake::validate_stdin, program_check::validate_program};
 
 type Reply = (StatusCode, Vec<u8>);
 
-/// The routes, for the api's router. Bodies are capped at the larger input limit plus room for
-/// zstd's framing; what they decode to is capped separately.
+/// Uploads read and checked at once; more wait their turn.
+const CONCURRENT_UPLOADS: usize = 2;
+
+#[derive(Clone)]
+struct Uploads {
+    api: NetworkApi,
+    permits: Arc<Semaphore>,
+}
+
+/// The routes, for the api's router.
 pub fn routes(api: NetworkApi) -> Router {
-    let limits = &api.intake.limits;
-    let body_limit = limits.max_program_bytes.max(limits.max_stdin_bytes).saturating_add(1 << 20);
+    let uploads = Uploads { api: api.clone(), permits: Arc::new(Semaphore::new(CONCURRENT_UPLOADS)) };
     Router::new()
-        .route("/network/artifacts/{token}", put(put_artifact))
-        .route("/network/proofs/{token}", get(get_proof))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(api)
+        .route("/network/artifacts/{token}", put(put_artifact).with_state(uploads))
+        .route("/network/proofs/{token}", get(get_proof).with_state(api))
+        // Each upload is capped by its own kind's limit while it is read.
+        .layer(DefaultBodyLimit::disable())
 }
 
 fn text(code: StatusCode, message: impl Into<String>) -> Reply {
@@ -52,22 +63,43 @@ fn from_status(status: Status) -> Reply {
     text(code, status.message())
 }
 
-async fn put_artifact(State(api): State<NetworkApi>, Path(token): Path<String>, body: Bytes) -> Reply {
-    match store_upload(&api, &token, body).await {
+async fn put_artifact(State(uploads): State<Uploads>, Path(token): Path<String>, body: Body) -> Reply {
+    let Ok(_permit) = uploads.permits.acquire().await else { return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down") };
+    match store_upload(&uploads.api, &token, body).await {
         Ok(()) => text(StatusCode::OK, "stored"),
         Err(reply) => reply,
     }
 }
 
-async fn store_upload(api: &NetworkApi, token: &str, body: Bytes) -> Result<(), Reply> {
+async fn store_upload(api: &NetworkApi, token: &str, body: Body) -> Result<(), Reply> {
     let db = &api.intake.db;
-    let upload = db.network_upload(token).await.map_err(|e| from_status(crate::intake::internal(e)))?;
+    let upload = db.network_upload(token).await.map_err(|e| from_status(super::internal(e)))?;
     let Some(upload) = upload else { return Err(text(StatusCode::FORBIDDEN, "this upload URL is not valid")) };
     if upload.expires_at < Utc::now() {
         return Err(text(StatusCode::FORBIDDEN, format!("this upload URL expired at {}", upload.expires_at.to_rfc3339())));
     }
     let limits = &api.intake.limits;
     let (what, limit) = if upload.kind == PROGRAM { ("program", limits.max_program_bytes + 8) } else { ("stdin", limits.max_stdin_bytes) };
+    // Compressed, a body is never much larger than what it decodes to.
+    let body: Bytes = axum::body::to_bytes(body, limit.saturating_add(1 << 20)).await.map_err(|e| {
+        text(StatusCode::PAYLOAD_TOO_LARGE, format!("the {what} upload is over this server's limit of {limit} bytes, or broke off: {e}"))
+    })?;
+    let sha256 = Sha256::digest(&body).to_vec();
+    match db.take_network_upload(token, &sha256).await.map_err(|e| from_status(super::internal(e)))? {
+        UploadTake::Taken => {}
+        UploadTake::Repeat => return Ok(()),
+        UploadTake::Refused => return Err(text(StatusCode::FORBIDDEN, "this upload URL was used already, or expired")),
+    }
+    let stored = check_and_store(api, &upload, what, limit, body).await;
+    if stored.is_err() {
+        // The client may retry with a good body.
+        db.release_network_upload(token).await.map_err(|e| from_status(super::internal(e)))?;
+    }
+    stored
+}
+
+async fn check_and_store(api: &NetworkApi, upload: &NetworkUpload, what: &'static str, limit: usize, body: Bytes) -> Result<(), Reply> {
+    let limits = &api.intake.limits;
     let decoded = tokio::task::spawn_blocking(move || decode_capped(&body, limit))
         .await
         .map_err(|e| text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -87,7 +119,6 @@ async fn store_upload(api: &NetworkApi, token: &str, body: Bytes) -> Result<(), 
         validate_stdin(&decoded).map_err(from_status)?;
         api.store().upload_raw(&artifact, ArtifactType::Stdin, decoded).await.map_err(|e| from_status(crate::intake::store_error(e)))?;
     }
-    db.mark_network_uploaded(token).await.map_err(|e| from_status(crate::intake::internal(e)))?;
     Ok(())
 }
 
@@ -112,12 +143,12 @@ async fn get_proof(State(api): State<NetworkApi>, Path(token): Path<String>) -> 
     let request = match db.network_request_by_token(&token).await {
         Ok(Some(request)) => request,
         Ok(None) => return text(StatusCode::NOT_FOUND, "no proof at this URL"),
-        Err(e) => return from_status(crate::intake::internal(e)),
+        Err(e) => return from_status(super::internal(e)),
     };
     let proof = match db.get_proof(&request.proof_id).await {
         Ok(Some(proof)) => proof,
         Ok(None) => return text(StatusCode::NOT_FOUND, format!("proof {} is gone (past its retention)", request.proof_id)),
-        Err(e) => return from_status(crate::intake::internal(e)),
+        Err(e) => return from_status(super::internal(e)),
     };
     if proof.status != ProofStatus::Completed {
         return text(StatusCode::CONFLICT, format!("proof {} is {}", proof.id, proof.status.as_str()));

@@ -26,9 +26,16 @@ use self::{
 };
 use crate::{
     auth::ANONYMOUS,
-    intake::{self, internal, store_error},
+    intake::{self, store_error},
     Intake,
 };
+
+/// An internal failure, told to an unauthenticated caller without its details (they go to the
+/// log). INTERNAL is one of the codes the SDK retries.
+fn internal(e: anyhow::Error) -> Status {
+    tracing::error!("network API: {e:#}");
+    Status::internal("internal error; the api's log has the cause")
+}
 
 pub mod proto {
     tonic::include_proto!("network");
@@ -182,6 +189,7 @@ impl artifact_proto::artifact_store_server::ArtifactStore for NetworkApi {
             owner: signer.owner.clone(),
             expires_at: Utc::now() + ttl,
             uploaded_at: None,
+            sha256: None,
         };
         // Claimed at once: no other requester can name this artifact through another API.
         self.intake.db.claim_artifacts(&signer.owner, std::slice::from_ref(&artifact)).await.map_err(internal)?;
@@ -202,21 +210,11 @@ impl prover_network_server::ProverNetwork for NetworkApi {
     }
 
     async fn get_program(&self, request: Request<GetProgramRequest>) -> Result<Response<GetProgramResponse>, Status> {
+        // Programs are registered per requester, and GetProgram carries no signature to say
+        // whose: "not found" makes the SDK register its program (upload and CreateProgram) on
+        // every prove, so one requester's registration is never another's program.
         let vk_hash = wire::bytes32("vk_hash", &request.into_inner().vk_hash)?;
-        let program = self.intake.db.network_program(&vk_hash).await.map_err(internal)?;
-        let Some(program) = program else {
-            return Err(Status::not_found(format!("no program with vk hash {} is registered", show(&vk_hash))));
-        };
-        Ok(Response::new(GetProgramResponse {
-            program: Some(Program {
-                vk_hash: program.vk_hash,
-                vk: program.vk,
-                program_uri: format!("{URI_SCHEME}{}", program.program_artifact),
-                name: None,
-                owner: Vec::new(),
-                created_at: program.created_at.timestamp().max(0) as u64,
-            }),
-        }))
+        Err(Status::not_found(format!("program {} is registered per requester: CreateProgram registers it for you", show(&vk_hash))))
     }
 
     async fn create_program(&self, request: Request<SignedRequest>) -> Result<Response<CreateProgramResponse>, Status> {
@@ -236,7 +234,7 @@ impl prover_network_server::ProverNetwork for NetworkApi {
         }
         let upload = self.upload_named("program_uri", &body.program_uri, &signer, &[PROGRAM]).await?;
         self.take_nonce(&signer, body.nonce).await?;
-        // Registration is idempotent: racing first proves of one program both succeed, the first wins.
+        // Idempotent: racing proves of one program both succeed; the requester's latest upload counts.
         self.intake.db.insert_network_program(&vk_hash, &body.vk, &upload.artifact, &signer.owner).await.map_err(internal)?;
         tracing::info!(vk_hash = %show(&vk_hash), owner = %signer.owner, "network program registered");
         Ok(Response::new(CreateProgramResponse {
@@ -272,7 +270,7 @@ impl prover_network_server::ProverNetwork for NetworkApi {
         // The stdin first: a signature that recovers to someone else fails on what it does not own.
         let stdin = self.upload_named("stdin_uri", &common.stdin_uri, &signer, &[STDIN, PRIVATE_STDIN]).await?;
         let vk_hash = wire::bytes32("vk_hash", &common.vk_hash)?;
-        let program = self.intake.db.network_program(&vk_hash).await.map_err(internal)?.ok_or_else(|| {
+        let program = self.intake.db.network_program(&vk_hash, &signer.owner).await.map_err(internal)?.ok_or_else(|| {
             Status::failed_precondition(format!("no program with vk hash {} is registered here (CreateProgram first)", show(&vk_hash)))
         })?;
         self.take_nonce(&signer, common.nonce).await?;
@@ -284,7 +282,10 @@ impl prover_network_server::ProverNetwork for NetworkApi {
         self.store().upload_raw(&Artifact(program_artifact.clone()), ArtifactType::Program, elf).await.map_err(store_error)?;
         self.intake.db.claim_artifacts(&signer.owner, std::slice::from_ref(&program_artifact)).await.map_err(internal)?;
         let unbounded = |v: u64| (v != 0 && v != u64::MAX).then_some(v);
-        let hex_id: String = request_id.iter().map(|b| format!("{b:02x}")).collect();
+        // Derived from the request id, never equal to it: the id shows in listings, logs and Job
+        // names, and the request id is what the proof's status (and URL) is asked with.
+        let hex_id: String =
+            signature::keccak256(&[b"proofjobs-network-proof", &request_id])[..16].iter().map(|b| format!("{b:02x}")).collect();
         let submitted = intake::Request {
             proof_id: Some(format!("net_{hex_id}")),
             mode,
@@ -303,7 +304,6 @@ impl prover_network_server::ProverNetwork for NetworkApi {
             request_id: request_id.to_vec(),
             proof_id: proof_id.clone(),
             owner: signer.owner.clone(),
-            deadline: common.deadline.min(i64::MAX as u64) as i64,
             download_token: format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
         };
         let row = self.intake.db.insert_network_request(&row).await.map_err(internal)?;
@@ -331,7 +331,8 @@ impl prover_network_server::ProverNetwork for NetworkApi {
             fulfillment_status: fulfillment,
             execution_status: execution,
             request_tx_hash: row.request_id.clone(),
-            deadline: row.deadline.max(0) as u64,
+            // The proof's own deadline: the one asked for, within the requester's quota.
+            deadline: proof.deadline.timestamp().max(0) as u64,
             fulfill_tx_hash: (fulfillment == status::FULFILLED).then(|| row.request_id.clone()),
             proof_uri,
             public_values_hash: None,

@@ -31,7 +31,7 @@ use sqlx::{
 pub use self::{
     keys::{KeyHolder, KeyRefusal, KeyRow},
     lifecycle::EndedProof,
-    network::{NetworkProgram, NetworkRequest, NetworkUpload},
+    network::{NetworkProgram, NetworkRequest, NetworkUpload, UploadTake},
     notifications::{wait_for, Notifications},
     proofs::{ActiveHead, CancelOutcome, InsertOutcome, NewProof, ProofRow, ProofStatus, StageProgress},
     quotes::{HistoryPoint, QuoteRow},

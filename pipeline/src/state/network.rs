@@ -1,5 +1,5 @@
-//! The prover-network API's rows (api/src/network/): per-address nonces, programs registered by
-//! vk hash, presigned upload grants, the network request id of each proof, and the allowlist of
+//! The prover-network API's rows (api/src/network/): per-address nonces, programs registered per
+//! requester and vk hash, one-shot upload grants, the network request id of each proof, and the allowlist of
 //! addresses. Signed requests advance a nonce only when it is the one expected, in one statement,
 //! so two racing requests of one address never both pass.
 
@@ -25,6 +25,18 @@ pub struct NetworkUpload {
     pub owner: String,
     pub expires_at: DateTime<Utc>,
     pub uploaded_at: Option<DateTime<Utc>>,
+    pub sha256: Option<Vec<u8>>,
+}
+
+/// What taking an upload grant for a body found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadTake {
+    /// The grant is this body's now: store it.
+    Taken,
+    /// The same body was taken before (a repeated PUT): nothing to do.
+    Repeat,
+    /// Already used for another body, expired, or unknown.
+    Refused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -32,7 +44,6 @@ pub struct NetworkRequest {
     pub request_id: Vec<u8>,
     pub proof_id: String,
     pub owner: String,
-    pub deadline: i64,
     pub download_token: String,
 }
 
@@ -60,17 +71,22 @@ impl Db {
         Ok(taken == 1)
     }
 
-    pub async fn network_program(&self, vk_hash: &[u8]) -> Result<Option<NetworkProgram>> {
-        Ok(sqlx::query_as("SELECT vk_hash, vk, program_artifact, owner, created_at FROM network_programs WHERE vk_hash = $1")
-            .bind(vk_hash)
-            .fetch_optional(&self.pool)
-            .await?)
+    /// `owner`'s registration of the program with `vk_hash`.
+    pub async fn network_program(&self, vk_hash: &[u8], owner: &str) -> Result<Option<NetworkProgram>> {
+        Ok(sqlx::query_as(
+            "SELECT vk_hash, vk, program_artifact, owner, created_at FROM network_programs WHERE vk_hash = $1 AND owner = $2",
+        )
+        .bind(vk_hash)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
-    /// Register a program; a second registration of the same vk hash keeps the first.
+    /// Register a program for `owner`; a later registration of the same vk hash replaces it.
     pub async fn insert_network_program(&self, vk_hash: &[u8], vk: &[u8], program_artifact: &str, owner: &str) -> Result<()> {
         sqlx::query(
-            "INSERT INTO network_programs (vk_hash, vk, program_artifact, owner) VALUES ($1, $2, $3, $4) ON CONFLICT (vk_hash) DO NOTHING",
+            "INSERT INTO network_programs (vk_hash, vk, program_artifact, owner) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (vk_hash, owner) DO UPDATE SET vk = $2, program_artifact = $3, created_at = now()",
         )
         .bind(vk_hash)
         .bind(vk)
@@ -94,7 +110,7 @@ impl Db {
     }
 
     pub async fn network_upload(&self, token: &str) -> Result<Option<NetworkUpload>> {
-        Ok(sqlx::query_as("SELECT token, artifact, kind, owner, expires_at, uploaded_at FROM network_uploads WHERE token = $1")
+        Ok(sqlx::query_as("SELECT token, artifact, kind, owner, expires_at, uploaded_at, sha256 FROM network_uploads WHERE token = $1")
             .bind(token)
             .fetch_optional(&self.pool)
             .await?)
@@ -102,27 +118,49 @@ impl Db {
 
     /// The upload grant behind an artifact id (what `program_uri`/`stdin_uri` name).
     pub async fn network_upload_of(&self, artifact: &str) -> Result<Option<NetworkUpload>> {
-        Ok(sqlx::query_as("SELECT token, artifact, kind, owner, expires_at, uploaded_at FROM network_uploads WHERE artifact = $1")
+        Ok(sqlx::query_as("SELECT token, artifact, kind, owner, expires_at, uploaded_at, sha256 FROM network_uploads WHERE artifact = $1")
             .bind(artifact)
             .fetch_optional(&self.pool)
             .await?)
     }
 
-    pub async fn mark_network_uploaded(&self, token: &str) -> Result<()> {
-        sqlx::query("UPDATE network_uploads SET uploaded_at = now() WHERE token = $1").bind(token).execute(&self.pool).await?;
+    /// Take an unexpired, unused grant for the body hashing to `sha256`, in one statement, so
+    /// two PUTs never both write; a repeat of the body that took it is told so.
+    pub async fn take_network_upload(&self, token: &str, sha256: &[u8]) -> Result<UploadTake> {
+        let taken = sqlx::query(
+            "UPDATE network_uploads SET uploaded_at = now(), sha256 = $2 WHERE token = $1 AND uploaded_at IS NULL AND expires_at > now()",
+        )
+        .bind(token)
+        .bind(sha256)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if taken == 1 {
+            return Ok(UploadTake::Taken);
+        }
+        let earlier: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT sha256 FROM network_uploads WHERE token = $1").bind(token).fetch_optional(&self.pool).await?;
+        Ok(if earlier.flatten().as_deref() == Some(sha256) { UploadTake::Repeat } else { UploadTake::Refused })
+    }
+
+    /// Give a taken grant back (storing its body failed), so the client's retry can use it.
+    pub async fn release_network_upload(&self, token: &str) -> Result<()> {
+        sqlx::query("UPDATE network_uploads SET uploaded_at = NULL, sha256 = NULL WHERE token = $1")
+            .bind(token)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// Record a request; an existing row for the same id (a retry) is returned instead.
     pub async fn insert_network_request(&self, request: &NetworkRequest) -> Result<NetworkRequest> {
         sqlx::query(
-            "INSERT INTO network_requests (request_id, proof_id, owner, deadline, download_token) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO network_requests (request_id, proof_id, owner, download_token) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (request_id) DO NOTHING",
         )
         .bind(&request.request_id)
         .bind(&request.proof_id)
         .bind(&request.owner)
-        .bind(request.deadline)
         .bind(&request.download_token)
         .execute(&self.pool)
         .await?;
@@ -130,14 +168,14 @@ impl Db {
     }
 
     pub async fn network_request(&self, request_id: &[u8]) -> Result<Option<NetworkRequest>> {
-        Ok(sqlx::query_as("SELECT request_id, proof_id, owner, deadline, download_token FROM network_requests WHERE request_id = $1")
+        Ok(sqlx::query_as("SELECT request_id, proof_id, owner, download_token FROM network_requests WHERE request_id = $1")
             .bind(request_id)
             .fetch_optional(&self.pool)
             .await?)
     }
 
     pub async fn network_request_by_token(&self, token: &str) -> Result<Option<NetworkRequest>> {
-        Ok(sqlx::query_as("SELECT request_id, proof_id, owner, deadline, download_token FROM network_requests WHERE download_token = $1")
+        Ok(sqlx::query_as("SELECT request_id, proof_id, owner, download_token FROM network_requests WHERE download_token = $1")
             .bind(token)
             .fetch_optional(&self.pool)
             .await?)
