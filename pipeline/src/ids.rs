@@ -15,6 +15,12 @@ pub fn new_runner_id() -> String {
     format!("runner_{}", Uuid::now_v7().simple())
 }
 
+/// An unguessable secret: 244 random bits (two v4 UUIDs, drawn from the operating system's
+/// generator) as 64 hex digits. API keys, runner tokens and the network API's URL tokens.
+pub fn new_secret() -> String {
+    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
 /// A DNS-label-safe, deterministic short form of a proof id: lowercase alphanumerics of the id's
 /// tail plus a hash of the whole id, so two ids never collide in practice and restarts map the
 /// same proof to the same name.

@@ -171,7 +171,7 @@ async fn a_killed_runner_a_deleted_job_a_lost_node_and_a_hung_runner_do_not_fail
 
     // 1. kill -9 of the task-runner process of the first attempt.
     let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
-    let pid = wait_runner_process(&id, Duration::from_secs(60)).await;
+    let pid = wait_runner(&id, Duration::from_millis(200)).await.0;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // SAFETY: killing a task-runner process of this test.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -183,7 +183,7 @@ async fn a_killed_runner_a_deleted_job_a_lost_node_and_a_hung_runner_do_not_fail
 
     // 2. The stage Job deleted by hand while its pod works.
     let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
-    wait_runner_process(&id, Duration::from_secs(60)).await;
+    wait_runner(&id, Duration::from_millis(200)).await;
     kubectl(&["-n", &env.namespace, "delete", "job", &job_name(&id, "execute", 0), "--cascade=background"]);
     let proof = wait_finished(&mut client, &id, Duration::from_secs(600)).await.unwrap();
     assert_eq!(proof.status, "completed", "{}\n{}", proof.failure_cause, env.node_agent_log());
@@ -192,7 +192,7 @@ async fn a_killed_runner_a_deleted_job_a_lost_node_and_a_hung_runner_do_not_fail
     // 3. The node under a running pod is deleted (a lost machine): the pod GC fails the pod with
     // DisruptionTarget, the Job replaces it (podFailurePolicy Ignore), no failure is counted.
     let id = submit_ok(&cluster, "execute", FIBONACCI_ELF, &fibonacci_stdin(n)).await;
-    let pid = wait_runner_process(&id, Duration::from_secs(60)).await;
+    let pid = wait_runner(&id, Duration::from_millis(200)).await.0;
     let job = job_name(&id, "execute", 0);
     let node = kubectl(&[
         "-n",
@@ -369,18 +369,6 @@ async fn wait_job(env: &KubeEnv, name: &str) {
     let started = Instant::now();
     while !kubectl(&["-n", &env.namespace, "get", "jobs", "-o", "name"]).contains(name) {
         assert!(started.elapsed() < Duration::from_secs(30), "Job {name} was never created");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The pid of a task-runner working on `proof_id` (found by its environment), once it has a task.
-async fn wait_runner_process(proof_id: &str, timeout: Duration) -> i32 {
-    let started = Instant::now();
-    loop {
-        if let Some((pid, _)) = runner_process(proof_id) {
-            return pid;
-        }
-        assert!(started.elapsed() < timeout, "no runner process for {proof_id}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -14,6 +14,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use proofjobs_pipeline::{
     artifacts::ArtifactStore,
+    ids,
     state::{NetworkRequest, NetworkUpload, ProofStatus},
 };
 use sp1_prover_types::{Artifact, ArtifactClient, ArtifactType};
@@ -180,7 +181,7 @@ impl artifact_proto::artifact_store_server::ArtifactStore for NetworkApi {
             )));
         }
         let artifact = self.store().create_artifact().map_err(internal)?.0;
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let token = ids::new_secret();
         let ttl = chrono::Duration::from_std(self.settings.upload_ttl).unwrap_or(chrono::Duration::hours(1));
         let upload = NetworkUpload {
             token: token.clone(),
@@ -284,8 +285,7 @@ impl prover_network_server::ProverNetwork for NetworkApi {
         let unbounded = |v: u64| (v != 0 && v != u64::MAX).then_some(v);
         // Derived from the request id, never equal to it: the id shows in listings, logs and Job
         // names, and the request id is what the proof's status (and URL) is asked with.
-        let hex_id: String =
-            signature::keccak256(&[b"proofjobs-network-proof", &request_id])[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let hex_id = hex::encode(&signature::keccak256(&[b"proofjobs-network-proof", &request_id])[..16]);
         let submitted = intake::Request {
             proof_id: Some(format!("net_{hex_id}")),
             mode,
@@ -304,7 +304,7 @@ impl prover_network_server::ProverNetwork for NetworkApi {
             request_id: request_id.to_vec(),
             proof_id: proof_id.clone(),
             owner: signer.owner.clone(),
-            download_token: format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
+            download_token: ids::new_secret(),
         };
         let row = self.intake.db.insert_network_request(&row).await.map_err(internal)?;
         tracing::info!(proof = %proof_id, owner = %signer.owner, "network proof requested");

@@ -53,12 +53,7 @@ pub fn address_of(key: &VerifyingKey) -> Address {
 
 /// `0x`-prefixed lowercase hex, the way addresses are shown to operators.
 pub fn show(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(2 + bytes.len() * 2);
-    out.push_str("0x");
-    for b in bytes {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("0x{}", hex::encode(bytes))
 }
 
 #[cfg(test)]
@@ -78,7 +73,8 @@ mod tests {
     #[test]
     fn the_well_known_test_key_has_its_well_known_address() {
         // Hardhat/anvil account 0: a fixed point that pins the address derivation.
-        let key = SigningKey::from_slice(&hex_bytes("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")).unwrap();
+        let key =
+            SigningKey::from_slice(&hex::decode("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80").unwrap()).unwrap();
         assert_eq!(show(&address_of(key.verifying_key())), "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266");
     }
 
@@ -110,9 +106,5 @@ mod tests {
         assert!(recover(b"body", &bad_v).unwrap_err().contains("recovery byte 35"));
         assert!(recover(b"body", &signature[..64]).unwrap_err().contains("not 65"));
         assert!(recover(b"body", &[]).is_err());
-    }
-
-    fn hex_bytes(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 }

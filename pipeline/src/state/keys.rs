@@ -51,11 +51,10 @@ fn digest(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 
-/// A fresh key: a 12-hex-digit id and 244 bits of secret (two random v4 UUIDs, drawn from the
-/// operating system's generator).
+/// A fresh key: a 12-hex-digit id and 244 bits of secret (`ids::new_secret`).
 fn new_key() -> (String, String) {
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = crate::ids::new_secret();
     let key = format!("pj_{id}_{secret}");
     (id, key)
 }

@@ -47,6 +47,9 @@ pub struct NetworkRequest {
     pub download_token: String,
 }
 
+const UPLOAD_COLUMNS: &str = "token, artifact, kind, owner, expires_at, uploaded_at, sha256";
+const REQUEST_COLUMNS: &str = "request_id, proof_id, owner, download_token";
+
 impl Db {
     /// The nonce `address`'s next signed request must carry.
     pub async fn network_nonce(&self, address: &[u8]) -> Result<u64> {
@@ -110,7 +113,7 @@ impl Db {
     }
 
     pub async fn network_upload(&self, token: &str) -> Result<Option<NetworkUpload>> {
-        Ok(sqlx::query_as("SELECT token, artifact, kind, owner, expires_at, uploaded_at, sha256 FROM network_uploads WHERE token = $1")
+        Ok(sqlx::query_as(&format!("SELECT {UPLOAD_COLUMNS} FROM network_uploads WHERE token = $1"))
             .bind(token)
             .fetch_optional(&self.pool)
             .await?)
@@ -118,7 +121,7 @@ impl Db {
 
     /// The upload grant behind an artifact id (what `program_uri`/`stdin_uri` name).
     pub async fn network_upload_of(&self, artifact: &str) -> Result<Option<NetworkUpload>> {
-        Ok(sqlx::query_as("SELECT token, artifact, kind, owner, expires_at, uploaded_at, sha256 FROM network_uploads WHERE artifact = $1")
+        Ok(sqlx::query_as(&format!("SELECT {UPLOAD_COLUMNS} FROM network_uploads WHERE artifact = $1"))
             .bind(artifact)
             .fetch_optional(&self.pool)
             .await?)
@@ -168,14 +171,14 @@ impl Db {
     }
 
     pub async fn network_request(&self, request_id: &[u8]) -> Result<Option<NetworkRequest>> {
-        Ok(sqlx::query_as("SELECT request_id, proof_id, owner, download_token FROM network_requests WHERE request_id = $1")
+        Ok(sqlx::query_as(&format!("SELECT {REQUEST_COLUMNS} FROM network_requests WHERE request_id = $1"))
             .bind(request_id)
             .fetch_optional(&self.pool)
             .await?)
     }
 
     pub async fn network_request_by_token(&self, token: &str) -> Result<Option<NetworkRequest>> {
-        Ok(sqlx::query_as("SELECT request_id, proof_id, owner, download_token FROM network_requests WHERE download_token = $1")
+        Ok(sqlx::query_as(&format!("SELECT {REQUEST_COLUMNS} FROM network_requests WHERE download_token = $1"))
             .bind(token)
             .fetch_optional(&self.pool)
             .await?)

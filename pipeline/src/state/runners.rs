@@ -55,7 +55,7 @@ impl Db {
     /// A fresh token for a runner of `proof_id` (only its SHA-256 is kept). A runner connecting
     /// with it as a member of the `proofjobs_runner` role sees and writes that proof's rows only.
     pub async fn issue_runner_token(&self, proof_id: &str) -> Result<String> {
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let token = crate::ids::new_secret();
         sqlx::query("INSERT INTO runner_tokens (token_hash, proof_id) VALUES (sha256(convert_to($1, 'UTF8')), $2)")
             .bind(&token)
             .bind(proof_id)
